@@ -1,0 +1,13 @@
+//! smarthost: an SMTP relay that accepts mail the way old devices send it, keeps it durably on disk,
+//! and delivers it the way Microsoft 365 accepts it. See `ARCHITECTURE.md` for the path of a message.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod ingest;
+pub mod queue;
+pub mod route;
+pub mod server;
+pub mod smtp;
+pub mod spool;
