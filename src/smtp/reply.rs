@@ -176,19 +176,25 @@ mod tests {
 
     #[test]
     fn wire_form_of_single_and_multiline_replies() {
-        assert_eq!(
-            Reply::new(250, "2.0.0 OK").to_wire(),
-            "250 2.0.0 OK\r\n"
+        assert_eq!(Reply::new(250, "2.0.0 OK").to_wire(), "250 2.0.0 OK\r\n");
+        let r = Reply::multiline(
+            250,
+            vec!["relay".into(), "PIPELINING".into(), "SIZE 10".into()],
         );
-        let r = Reply::multiline(250, vec!["relay".into(), "PIPELINING".into(), "SIZE 10".into()]);
-        assert_eq!(r.to_wire(), "250-relay\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+        assert_eq!(
+            r.to_wire(),
+            "250-relay\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
     }
 
     #[test]
     fn enhanced_codes_are_read_from_the_first_line() {
         let cases = [
             ("5.7.1 Relay denied", Some((5, 7, 1))),
-            ("4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", Some((4, 3, 2))),
+            (
+                "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+                Some((4, 3, 2)),
+            ),
             ("5.7.139 Authentication unsuccessful", Some((5, 7, 139))),
             ("Ok", None),
             ("7.1.1 not a class", None),
