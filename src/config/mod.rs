@@ -90,7 +90,9 @@ pub enum DomainPattern {
 #[derive(Debug, Clone)]
 pub enum Transport {
     /// Write each message as an `.eml` file into a folder.
-    Drop { path: PathBuf },
+    Drop {
+        path: PathBuf,
+    },
     Smtp(SmtpRoute),
 }
 
