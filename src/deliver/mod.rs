@@ -27,11 +27,17 @@ pub struct OutboundMessage<'a> {
 /// and quote its reply, and they never contain a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecipientResult {
-    Delivered { reply: String },
+    Delivered {
+        reply: String,
+    },
     /// Temporary: try again later.
-    Deferred { reason: String },
+    Deferred {
+        reason: String,
+    },
     /// Permanent: do not try again.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 impl RecipientResult {

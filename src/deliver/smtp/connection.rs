@@ -1,0 +1,410 @@
+//! One SMTP client connection to an upstream: set up by [`Connection::connect`] (see `setup`), then
+//! any number of mail transactions ([`Connection::send_transaction`], separated by
+//! [`Connection::reset`]), then [`Connection::quit`].
+//!
+//! Every reason written here or in `setup` names the upstream as `host[ip]:port`, the command and the
+//! reply, with the explanation from [`explain`] when there is one.
+
+use super::setup::{self, Extensions};
+use super::wire::{Stream, Wire, WireError};
+use crate::config::SmtpRoute;
+use crate::deliver::classify::{Class, Stage, classify_at, explain};
+use crate::deliver::{OutboundMessage, RecipientResult};
+use crate::smtp::Reply;
+use crate::smtp::data::dot_stuff;
+use std::fmt;
+use std::net::SocketAddr;
+use tracing::{debug, info};
+
+/// What a connection needs to know about its route; shared by all connections of a transport.
+pub(crate) struct Upstream {
+    pub(crate) route: SmtpRoute,
+    pub(crate) helo_name: String,
+    pub(crate) tls: tokio_rustls::TlsConnector,
+}
+
+/// The upstream's name and the address actually connected: `smtp.office365.com[52.96.1.2]:587`.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(super) host: String,
+    pub(super) addr: SocketAddr,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]:{}", self.host, self.addr.ip(), self.addr.port())
+    }
+}
+
+/// A failure that ends the connection (or prevents it): applies to every recipient not yet decided.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) class: Class,
+    pub(crate) reason: String,
+}
+
+impl Failure {
+    pub(super) fn transient(reason: String) -> Self {
+        Failure {
+            class: Class::Transient,
+            reason,
+        }
+    }
+
+    pub(crate) fn result(&self) -> RecipientResult {
+        match self.class {
+            Class::Transient => RecipientResult::Deferred {
+                reason: self.reason.clone(),
+            },
+            Class::Permanent => RecipientResult::Failed {
+                reason: self.reason.clone(),
+            },
+        }
+    }
+}
+
+/// The outcome of one mail transaction.
+#[derive(Debug)]
+pub(crate) struct Transaction {
+    /// One per recipient, in order.
+    pub(crate) results: Vec<RecipientResult>,
+    /// The connection is in a known state and may carry another transaction (after RSET).
+    pub(crate) reusable: bool,
+}
+
+pub(crate) struct Connection {
+    wire: Wire,
+    peer: Peer,
+    ext: Extensions,
+}
+
+impl Connection {
+    pub(super) fn new(wire: Wire, peer: Peer, ext: Extensions) -> Self {
+        Connection { wire, peer, ext }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer.to_string())
+            .field("tls", &self.is_tls())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Opens a connection ready for a transaction: TCP, TLS per the route, EHLO, AUTH.
+    pub(crate) async fn connect(up: &Upstream) -> Result<Connection, Failure> {
+        setup::open(up).await
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.wire.stream(), Stream::Tls(_))
+    }
+
+    /// Sends one message. Never fails as a whole: connection problems become `Deferred` results for
+    /// every recipient not decided before them.
+    pub(crate) async fn send_transaction(&mut self, msg: &OutboundMessage<'_>) -> Transaction {
+        let n = msg.recipients.len();
+        if let Some(reason) = self.cannot_carry(msg) {
+            info!(upstream = %self.peer, "{reason}");
+            return Transaction {
+                results: vec![RecipientResult::Failed { reason }; n],
+                reusable: true,
+            };
+        }
+        let mut tx = TransactionState {
+            decided: vec![None; n],
+            accepted: Vec::with_capacity(n),
+            reusable: true,
+        };
+        if let Err(failure) = self.transaction(msg, &mut tx).await {
+            info!(upstream = %self.peer, "{}", failure.reason);
+            tx.reusable = false;
+            for slot in tx.decided.iter_mut().filter(|slot| slot.is_none()) {
+                *slot = Some(failure.result());
+            }
+        }
+        Transaction {
+            results: tx
+                .decided
+                .into_iter()
+                .map(|r| {
+                    // Every path above decides every recipient; this is only a safety net.
+                    r.unwrap_or_else(|| RecipientResult::Deferred {
+                        reason: "internal error: no result for this recipient".into(),
+                    })
+                })
+                .collect(),
+            reusable: tx.reusable,
+        }
+    }
+
+    /// A message the upstream cannot take whatever we do: fail it before sending anything.
+    fn cannot_carry(&self, msg: &OutboundMessage<'_>) -> Option<String> {
+        if msg.smtputf8 && !self.ext.smtputf8 {
+            return Some(format!(
+                "the message needs SMTPUTF8 (non-ASCII addresses or headers) but {} does not offer it",
+                self.peer
+            ));
+        }
+        let size = message_size(msg.content);
+        match self.ext.size {
+            Some(limit) if limit > 0 && size > limit => Some(format!(
+                "the message ({size} bytes) is larger than the {limit} bytes {} accepts (SIZE in its EHLO reply)",
+                self.peer
+            )),
+            _ => None,
+        }
+    }
+
+    async fn transaction(
+        &mut self,
+        msg: &OutboundMessage<'_>,
+        tx: &mut TransactionState,
+    ) -> Result<(), Failure> {
+        let mail = format!("MAIL FROM:<{}>", msg.sender);
+        let mut mail_line = mail.clone();
+        if self.ext.size.is_some() {
+            mail_line.push_str(&format!(" SIZE={}", message_size(msg.content)));
+        }
+        if msg.eight_bit {
+            if self.ext.eight_bit_mime {
+                mail_line.push_str(" BODY=8BITMIME");
+            } else {
+                debug!(upstream = %self.peer, "8-bit content but no 8BITMIME offered: sending it as it is");
+            }
+        }
+        if msg.smtputf8 {
+            mail_line.push_str(" SMTPUTF8");
+        }
+        let rcpts: Vec<String> = msg
+            .recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>"))
+            .collect();
+        let pipelining = self.ext.pipelining;
+
+        if pipelining {
+            // RFC 2920: MAIL, every RCPT and DATA in one write; the replies come back in order.
+            let mut batch = String::new();
+            for line in std::iter::once(&mail_line).chain(&rcpts) {
+                debug!(upstream = %self.peer, "C: {line}");
+                batch.push_str(line);
+                batch.push_str("\r\n");
+            }
+            debug!(upstream = %self.peer, "C: DATA");
+            batch.push_str("DATA\r\n");
+            self.write(batch.as_bytes(), &mail).await?;
+        } else {
+            self.send(&mail_line, &mail).await?;
+        }
+
+        let reply = self.read(Stage::MailFrom, &mail).await?;
+        tx.note_reply(&reply);
+        let mail_ok = reply.is_positive();
+        if !mail_ok {
+            let result = self.outcome(Stage::MailFrom, &mail, &reply);
+            tx.decided
+                .iter_mut()
+                .for_each(|slot| *slot = Some(result.clone()));
+            if !pipelining {
+                return Ok(());
+            }
+        }
+
+        for (i, rcpt) in rcpts.iter().enumerate() {
+            if !pipelining {
+                self.send(rcpt, rcpt).await?;
+            }
+            let reply = self.read(Stage::RcptTo, rcpt).await?;
+            tx.note_reply(&reply);
+            if !mail_ok {
+                continue;
+            }
+            if reply.is_positive() {
+                tx.accepted.push(i);
+            } else {
+                tx.decided[i] = Some(self.outcome(Stage::RcptTo, rcpt, &reply));
+            }
+        }
+
+        if !pipelining {
+            if tx.accepted.is_empty() {
+                // Nothing to send: end the transaction instead of sending DATA.
+                self.send("RSET", "RSET").await?;
+                let reply = self.read(Stage::Rset, "RSET").await?;
+                tx.note_reply(&reply);
+                tx.reusable &= reply.is_positive();
+                return Ok(());
+            }
+            self.send("DATA", "DATA").await?;
+        }
+        let reply = self.read(Stage::Data, "DATA").await?;
+        tx.note_reply(&reply);
+        if reply.code != 354 {
+            // With pipelining and no accepted recipient this is the expected 554/503.
+            let result = self.outcome(Stage::Data, "DATA", &reply);
+            for &i in &tx.accepted {
+                tx.decided[i] = Some(result.clone());
+            }
+            return Ok(());
+        }
+        if tx.accepted.is_empty() {
+            // A server that says 354 with nobody to deliver to: end the content at once.
+            self.write(b".\r\n", "an empty DATA").await?;
+            let reply = self.read(Stage::EndOfData, "an empty DATA").await?;
+            tx.note_reply(&reply);
+            return Ok(());
+        }
+
+        let mut wire = Vec::with_capacity(msg.content.len() + msg.content.len() / 32 + 5);
+        dot_stuff(msg.content, &mut wire);
+        debug!(upstream = %self.peer, "C: <{} bytes of content>", wire.len());
+        self.write(&wire, "the message content").await?;
+        let reply = self.read(Stage::EndOfData, "the message content").await?;
+        tx.note_reply(&reply);
+        let result = self.outcome(Stage::EndOfData, "the message content", &reply);
+        for &i in &tx.accepted {
+            tx.decided[i] = Some(result.clone());
+        }
+        Ok(())
+    }
+
+    /// RSET before the connection carries another message; any failure means "do not reuse".
+    pub(crate) async fn reset(&mut self) -> Result<(), Failure> {
+        self.send("RSET", "RSET").await?;
+        let reply = self.read(Stage::Rset, "RSET").await?;
+        if reply.is_positive() {
+            Ok(())
+        } else {
+            Err(Failure::transient(said(
+                &self.peer,
+                &reply,
+                Stage::Rset,
+                "RSET",
+            )))
+        }
+    }
+
+    /// QUIT, wait briefly for the answer, close. Errors do not matter any more.
+    pub(crate) async fn quit(mut self) {
+        if self.send("QUIT", "QUIT").await.is_ok() {
+            let _ = self.wire.read_reply().await;
+        }
+        self.wire.shutdown().await;
+        debug!(upstream = %self.peer, "closed");
+    }
+
+    /// The result for the recipients a reply applies to.
+    fn outcome(&self, stage: Stage, command: &str, reply: &Reply) -> RecipientResult {
+        let text = said(&self.peer, reply, stage, command);
+        if reply.is_positive() {
+            return RecipientResult::Delivered { reply: text };
+        }
+        info!(upstream = %self.peer, "{text}");
+        match classify_at(stage, reply) {
+            Class::Transient => RecipientResult::Deferred { reason: text },
+            Class::Permanent => RecipientResult::Failed { reason: text },
+        }
+    }
+
+    async fn send(&mut self, line: &str, command: &str) -> Result<(), Failure> {
+        debug!(upstream = %self.peer, "C: {line}");
+        self.write(format!("{line}\r\n").as_bytes(), command).await
+    }
+
+    async fn write(&mut self, bytes: &[u8], command: &str) -> Result<(), Failure> {
+        self.wire
+            .write_all(bytes)
+            .await
+            .map_err(|e| lost(&self.peer, &format!("while sending {command}"), e))
+    }
+
+    async fn read(&mut self, stage: Stage, command: &str) -> Result<Reply, Failure> {
+        read(&mut self.wire, &self.peer, stage, command).await
+    }
+}
+
+/// Per-recipient bookkeeping of one transaction.
+struct TransactionState {
+    decided: Vec<Option<RecipientResult>>,
+    /// Recipients the upstream accepted at RCPT, waiting for the outcome of DATA.
+    accepted: Vec<usize>,
+    reusable: bool,
+}
+
+impl TransactionState {
+    /// `421`: the server is closing the connection (RFC 5321 §3.8).
+    fn note_reply(&mut self, reply: &Reply) {
+        if reply.code == 421 {
+            self.reusable = false;
+        }
+    }
+}
+
+pub(super) async fn read(
+    wire: &mut Wire,
+    peer: &Peer,
+    stage: Stage,
+    command: &str,
+) -> Result<Reply, Failure> {
+    match wire.read_reply().await {
+        Ok(reply) => {
+            debug!(upstream = %peer, "S: {}", reply.one_line());
+            Ok(reply)
+        }
+        Err(e) => {
+            let when = if stage == Stage::Greeting {
+                "before the greeting".to_string()
+            } else {
+                format!("after {command}")
+            };
+            Err(lost(peer, &when, e))
+        }
+    }
+}
+
+pub(super) fn lost(peer: &Peer, when: &str, err: WireError) -> Failure {
+    let reason = match err {
+        WireError::Closed => format!("{peer}: connection lost {when} (closed by the upstream)"),
+        WireError::Io(e) => format!("{peer}: connection lost {when}: {e}"),
+        WireError::Timeout(_) => format!("{peer}: timed out {when}: {err}"),
+        WireError::Malformed(_) | WireError::LineTooLong => {
+            format!("{peer}: unreadable reply {when}: {err}")
+        }
+    };
+    Failure::transient(reason)
+}
+
+/// `host[ip]:port said "550 5.1.1 User unknown" in reply to RCPT TO:<x@y> (explanation)`.
+pub(super) fn said(peer: &Peer, reply: &Reply, stage: Stage, command: &str) -> String {
+    let context = match stage {
+        Stage::Greeting => "in its greeting".to_string(),
+        Stage::EndOfData => "after the message content".to_string(),
+        _ => format!("in reply to {command}"),
+    };
+    let mut text = format!("{peer} said \"{}\" {context}", reply.one_line());
+    if let Some(explanation) = explain(reply) {
+        text.push_str(&format!(" ({explanation})"));
+    }
+    text
+}
+
+/// The size for `SIZE=` (RFC 1870): the content as sent, before dot-stuffing, with the final CRLF.
+fn message_size(content: &[u8]) -> u64 {
+    let tail = if content.ends_with(b"\r\n") { 0 } else { 2 };
+    content.len() as u64 + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn size_counts_the_final_line_end() {
+        assert_eq!(message_size(b"a\r\n"), 3);
+        assert_eq!(message_size(b"a"), 3);
+        assert_eq!(message_size(b""), 2);
+    }
+}

@@ -1,0 +1,102 @@
+//! The TLS client configuration of an SMTP route: built once per route at start-up.
+//! Certificates and host names are always verified: there is no switch to turn that off. An upstream
+//! with a private CA is trusted by adding that CA (`ca_file`), not by trusting everything.
+
+use anyhow::{Context, bail};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+/// The operating system's trust anchors, read once per process (they do not change while we run, and
+/// reading a few hundred PEM files per route would slow start-up and tests).
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for err in &found.errors {
+            tracing::warn!("while reading the system's trusted certificates: {err}");
+        }
+        found.certs
+    })
+}
+
+/// System roots plus the certificates in `ca_file`; TLS 1.2 and 1.3 only.
+pub(crate) fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    let (_, unusable) = roots.add_parsable_certificates(system_roots().iter().cloned());
+    if unusable > 0 {
+        tracing::debug!("{unusable} system certificates could not be used as trust anchors");
+    }
+    if let Some(path) = ca_file {
+        add_ca_file(&mut roots, path)?;
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no trusted CA certificates: TLS to upstreams will fail (install ca-certificates or set ca_file)"
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS configuration")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> anyhow::Result<()> {
+    let file = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read ca_file {file}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("ca_file {file} is not valid PEM"))?;
+    if certs.is_empty() {
+        bail!("ca_file {file} contains no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)");
+    }
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).with_context(|| {
+            format!(
+                "ca_file {file}: certificate {} cannot be a trust anchor",
+                i + 1
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_an_error_naming_the_file() {
+        let err = client_config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/ca.pem"),
+            "{err:#}"
+        );
+
+        let mut empty = tempfile::NamedTempFile::new().unwrap();
+        writeln!(empty, "not a certificate").unwrap();
+        let err = client_config(Some(empty.path())).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&empty.path().display().to_string()) && text.contains("no certificate"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_with_a_certificate_is_accepted() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(ca.pem().as_bytes()).unwrap();
+        client_config(Some(file.path())).unwrap();
+    }
+}

@@ -1,0 +1,93 @@
+//! Test certificates: a throw-away CA and a server certificate for `localhost` and 127.0.0.1 signed by
+//! it, made fresh for each test with rcgen. The CA's PEM is written to a temporary file to be used as a
+//! route's `ca_file`.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct TestPki {
+    pub ca_pem: String,
+    /// The CA certificate as a PEM file, for `ca_file`. Deleted when the `TestPki` is dropped.
+    pub ca_file: tempfile::NamedTempFile,
+    pub server_cert: CertificateDer<'static>,
+    server_key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl TestPki {
+    /// A CA and a server certificate for `localhost` and `127.0.0.1`.
+    pub fn new() -> Self {
+        Self::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a server certificate for the given DNS names / IP addresses (e.g. a wrong name, to see
+    /// host name verification fail).
+    pub fn for_names(names: &[&str]) -> Self {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "smarthost test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().expect("server key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).expect("server params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names[0].clone());
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = params
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+
+        let ca_pem = ca_cert.pem();
+        let mut ca_file = tempfile::Builder::new()
+            .prefix("smarthost-test-ca-")
+            .suffix(".pem")
+            .tempfile()
+            .expect("temporary CA file");
+        ca_file.write_all(ca_pem.as_bytes()).expect("write CA file");
+        ca_file.flush().expect("flush CA file");
+
+        TestPki {
+            ca_pem,
+            ca_file,
+            server_cert: server_cert.der().clone(),
+            server_key: PrivatePkcs8KeyDer::from(server_key.serialize_der()),
+        }
+    }
+
+    pub fn ca_path(&self) -> &Path {
+        self.ca_file.path()
+    }
+
+    /// A rustls server configuration presenting the server certificate (TLS 1.2 and 1.3).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.server_cert.clone()],
+                PrivateKeyDer::Pkcs8(self.server_key.clone_key()),
+            )
+            .expect("server certificate and key");
+        Arc::new(config)
+    }
+}

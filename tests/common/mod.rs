@@ -1,0 +1,6 @@
+//! Shared helpers for integration tests: `mod common;` in a test file.
+//! Not every test binary uses every helper, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod upstream;

@@ -1,0 +1,669 @@
+//! A scriptable upstream SMTP server for integration tests: it plays Microsoft 365 (or any smarthost)
+//! on 127.0.0.1 and records what the relay delivered to it.
+//!
+//! ```ignore
+//! let up = Upstream::start(UpstreamConfig::default().with_credentials("user", "secret")).await;
+//! let route = up.route(TlsMode::StartTls);                 // an SmtpRoute pointing at it
+//! // ... deliver ...
+//! let got = up.wait_for_messages(1, Duration::from_secs(5)).await;
+//! assert_eq!(got[0].content, b"Subject: x\r\n\r\nhello\r\n");
+//! ```
+//!
+//! By default it offers PIPELINING, SIZE, 8BITMIME and STARTTLS, and AUTH PLAIN LOGIN after TLS when
+//! credentials are set. Replies can be scripted per recipient, for MAIL, for the end of DATA and for the
+//! greeting; the configuration can be changed while it runs ([`Upstream::configure`]), and the server can
+//! be taken down and brought back on the same port ([`Upstream::go_down`], [`Upstream::go_up`]).
+
+use super::certs::TestPki;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use smarthost::config::{AuthConfig, AuthMechanism, Secret, SmtpRoute, TlsMode};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// How the test upstream behaves. Start from `default()` and change what the test is about.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Name in the greeting and the EHLO reply.
+    pub hostname: String,
+    /// Offer STARTTLS (before TLS).
+    pub starttls: bool,
+    /// TLS from the first byte (port 465 style) instead of STARTTLS.
+    pub implicit_tls: bool,
+    pub pipelining: bool,
+    pub smtputf8: bool,
+    /// Advertised as `SIZE n`; larger `SIZE=` parameters are refused.
+    pub max_size: u64,
+    /// Offer and accept AUTH only after STARTTLS.
+    pub require_tls_for_auth: bool,
+    /// `530 5.7.57` at MAIL FROM without AUTH, like smtp.office365.com.
+    pub require_auth: bool,
+    /// The one accepted user name and password; AUTH is offered only when set.
+    pub credentials: Option<(String, String)>,
+    /// The whole greeting line; a `421 ...` greeting is followed by closing the connection.
+    pub greeting: String,
+    /// Replaces the EHLO reply (e.g. `502 5.5.1 Not implemented` to force HELO).
+    pub ehlo_reply: Option<String>,
+    /// Replaces the reply to MAIL FROM.
+    pub mail_reply: Option<String>,
+    /// Per recipient (lower-case address) reply to RCPT TO, e.g. `550 5.1.1 User unknown`.
+    pub rcpt_replies: HashMap<String, String>,
+    /// Replaces the reply after the message content.
+    pub data_reply: Option<String>,
+    /// Close the connection after `354`, in the middle of the content.
+    pub close_during_data: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            hostname: "upstream.test".into(),
+            starttls: true,
+            implicit_tls: false,
+            pipelining: true,
+            smtputf8: false,
+            max_size: 35 * 1024 * 1024,
+            require_tls_for_auth: true,
+            require_auth: false,
+            credentials: None,
+            greeting: "220 upstream.test ESMTP test upstream".into(),
+            ehlo_reply: None,
+            mail_reply: None,
+            rcpt_replies: HashMap::new(),
+            data_reply: None,
+            close_during_data: false,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Accept these credentials and require AUTH before MAIL.
+    pub fn with_credentials(mut self, user: &str, password: &str) -> Self {
+        self.credentials = Some((user.into(), password.into()));
+        self.require_auth = true;
+        self
+    }
+
+    pub fn with_rcpt_reply(mut self, address: &str, reply: &str) -> Self {
+        self.rcpt_replies
+            .insert(address.to_ascii_lowercase(), reply.into());
+        self
+    }
+}
+
+/// One message as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    pub sender: String,
+    /// MAIL FROM parameters as sent, e.g. `["SIZE=120", "BODY=8BITMIME"]`.
+    pub mail_params: Vec<String>,
+    /// The recipients accepted at RCPT.
+    pub recipients: Vec<String>,
+    /// The content after dot-unstuffing, without the terminating `.` line.
+    pub content: Vec<u8>,
+    pub tls: bool,
+    pub auth_user: Option<String>,
+    /// More commands had already arrived when MAIL FROM was read (the client pipelined).
+    pub pipelined: bool,
+    /// Which connection (1, 2, ...) carried it.
+    pub connection: u64,
+}
+
+/// The running server. Dropping it stops it.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub pki: Arc<TestPki>,
+    state: Arc<State>,
+    accept_task: Mutex<Option<AbortHandle>>,
+}
+
+struct State {
+    config: Mutex<UpstreamConfig>,
+    tls: TlsAcceptor,
+    messages: Mutex<Vec<ReceivedMessage>>,
+    /// Every command line received, in order over all connections.
+    commands: Mutex<Vec<String>>,
+    connections: AtomicU64,
+    sessions: Mutex<Vec<AbortHandle>>,
+    received: tokio::sync::Notify,
+}
+
+impl Upstream {
+    pub async fn start(config: UpstreamConfig) -> Upstream {
+        Self::start_with_pki(config, TestPki::new()).await
+    }
+
+    /// With a given certificate (e.g. one for a name the client does not connect to).
+    pub async fn start_with_pki(config: UpstreamConfig, pki: TestPki) -> Upstream {
+        let state = Arc::new(State {
+            config: Mutex::new(config),
+            tls: TlsAcceptor::from(pki.server_config()),
+            messages: Mutex::new(Vec::new()),
+            commands: Mutex::new(Vec::new()),
+            connections: AtomicU64::new(0),
+            sessions: Mutex::new(Vec::new()),
+            received: tokio::sync::Notify::new(),
+        });
+        let listener = listen("127.0.0.1:0".parse().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let upstream = Upstream {
+            addr,
+            pki: Arc::new(pki),
+            state,
+            accept_task: Mutex::new(None),
+        };
+        upstream.serve(listener);
+        upstream
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The CA file that makes the server's certificate trusted.
+    pub fn ca_path(&self) -> &std::path::Path {
+        self.pki.ca_path()
+    }
+
+    /// A route to this server by IP address, trusting its CA, without credentials.
+    pub fn route(&self, tls: TlsMode) -> SmtpRoute {
+        SmtpRoute {
+            host: "127.0.0.1".into(),
+            port: self.port(),
+            tls,
+            ca_file: Some(self.ca_path().to_path_buf()),
+            auth: None,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(10),
+            max_connections: 3,
+        }
+    }
+
+    /// The same with AUTH.
+    pub fn route_with_auth(
+        &self,
+        tls: TlsMode,
+        mechanism: AuthMechanism,
+        user: &str,
+        password: &str,
+    ) -> SmtpRoute {
+        SmtpRoute {
+            auth: Some(AuthConfig {
+                mechanism,
+                username: user.into(),
+                password: Secret::new(password),
+            }),
+            ..self.route(tls)
+        }
+    }
+
+    /// Changes the behaviour for connections and commands from now on.
+    pub fn configure(&self, change: impl FnOnce(&mut UpstreamConfig)) {
+        change(&mut self.state.config.lock().unwrap());
+    }
+
+    pub fn messages(&self) -> Vec<ReceivedMessage> {
+        self.state.messages.lock().unwrap().clone()
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.state.commands.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` messages were received; panics after `timeout` with what there is.
+    pub async fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<ReceivedMessage> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.received.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let messages = self.messages();
+            if messages.len() >= n {
+                return messages;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "expected {n} messages within {timeout:?}, got {}: {messages:#?}\ncommands: {:#?}",
+                    messages.len(),
+                    self.commands()
+                );
+            }
+        }
+    }
+
+    /// Stops listening (new connections are refused) and drops every open connection.
+    pub async fn go_down(&self) {
+        if let Some(task) = self.accept_task.lock().unwrap().take() {
+            task.abort();
+        }
+        for session in self.state.sessions.lock().unwrap().drain(..) {
+            session.abort();
+        }
+        // Let the aborted tasks run their drops (closing the listener and the sockets).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        while TcpStream::connect(self.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn go_up(&self) {
+        let listener = listen(self.addr);
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let state = Arc::clone(&self.state);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                // Replies to pipelined commands are separate small writes: no Nagle delay between them.
+                let _ = tcp.set_nodelay(true);
+                let id = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let session_state = Arc::clone(&state);
+                let handle = tokio::spawn(async move {
+                    let _ = session(session_state, tcp, id).await;
+                });
+                state.sessions.lock().unwrap().push(handle.abort_handle());
+            }
+        });
+        *self.accept_task.lock().unwrap() = Some(task.abort_handle());
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(task) = self.accept_task.lock().unwrap().take() {
+            task.abort();
+        }
+        for session in self.state.sessions.lock().unwrap().drain(..) {
+            session.abort();
+        }
+    }
+}
+
+/// SO_REUSEADDR so that `go_up` can bind the port again while old connections are in TIME_WAIT.
+fn listen(addr: SocketAddr) -> tokio::net::TcpListener {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    socket.listen(128).unwrap()
+}
+
+/// Per-connection state that survives STARTTLS (TLS itself resets EHLO and AUTH).
+struct Session {
+    state: Arc<State>,
+    id: u64,
+    tls: bool,
+    auth_user: Option<String>,
+    tx: Option<ReceivedMessage>,
+    /// A 421 was sent: close after this command.
+    closing: bool,
+}
+
+enum Next {
+    Close,
+    StartTls,
+}
+
+async fn session(state: Arc<State>, tcp: TcpStream, id: u64) -> std::io::Result<()> {
+    let (implicit, greeting) = {
+        let config = state.config.lock().unwrap();
+        (config.implicit_tls, config.greeting.clone())
+    };
+    let mut s = Session {
+        state: Arc::clone(&state),
+        id,
+        tls: false,
+        auth_user: None,
+        tx: None,
+        closing: false,
+    };
+    if implicit {
+        let mut tls = state.tls.accept(tcp).await?;
+        s.tls = true;
+        if greet(&mut tls, &greeting).await? {
+            s.commands(&mut BufReader::new(tls)).await?;
+        }
+        return Ok(());
+    }
+    let mut tcp = tcp;
+    if !greet(&mut tcp, &greeting).await? {
+        return Ok(());
+    }
+    let mut reader = BufReader::new(tcp);
+    if let Next::StartTls = s.commands(&mut reader).await? {
+        let tls = state.tls.accept(reader.into_inner()).await?;
+        s.tls = true;
+        s.commands(&mut BufReader::new(tls)).await?;
+    }
+    Ok(())
+}
+
+/// Sends the greeting; false when it refuses service (then the connection closes).
+async fn greet<S: AsyncWrite + Unpin>(stream: &mut S, greeting: &str) -> std::io::Result<bool> {
+    stream
+        .write_all(format!("{greeting}\r\n").as_bytes())
+        .await?;
+    Ok(greeting.starts_with('2'))
+}
+
+async fn write_line<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut BufReader<S>,
+    line: &str,
+) -> std::io::Result<()> {
+    stream
+        .get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .await
+}
+
+async fn read_line<S: AsyncRead + Unpin>(
+    stream: &mut BufReader<S>,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    if stream.read_until(b'\n', &mut line).await? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&line)
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+    ))
+}
+
+/// `MAIL FROM:<a@b> SIZE=1` → (`a@b`, [`SIZE=1`]).
+fn path_and_params(arg: &str) -> (String, Vec<String>) {
+    let arg = arg.trim();
+    let (path, rest) = match (arg.find('<'), arg.find('>')) {
+        (Some(open), Some(close)) if open < close => (&arg[open + 1..close], &arg[close + 1..]),
+        _ => (arg, ""),
+    };
+    (
+        path.to_string(),
+        rest.split_whitespace().map(String::from).collect(),
+    )
+}
+
+impl Session {
+    /// Writes a reply; after a `421` the server closes the connection (RFC 5321 §3.8).
+    async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        line: &str,
+    ) -> std::io::Result<()> {
+        if line.starts_with("421") {
+            self.closing = true;
+        }
+        write_line(io, line).await
+    }
+
+    fn config(&self) -> UpstreamConfig {
+        self.state.config.lock().unwrap().clone()
+    }
+
+    async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+    ) -> std::io::Result<Next> {
+        while let Some(line) = read_line(io).await? {
+            self.state.commands.lock().unwrap().push(line.clone());
+            let config = self.config();
+            let (verb, arg) = line.split_once(' ').unwrap_or((&line, ""));
+            match verb.to_ascii_uppercase().as_str() {
+                "EHLO" => {
+                    self.tx = None;
+                    if let Some(custom) = &config.ehlo_reply {
+                        self.reply(io, custom).await?;
+                        continue;
+                    }
+                    let mut lines = vec![format!("{} Hello {arg}", config.hostname)];
+                    if config.pipelining {
+                        lines.push("PIPELINING".into());
+                    }
+                    lines.push(format!("SIZE {}", config.max_size));
+                    lines.push("8BITMIME".into());
+                    if config.smtputf8 {
+                        lines.push("SMTPUTF8".into());
+                    }
+                    if config.starttls && !self.tls {
+                        lines.push("STARTTLS".into());
+                    }
+                    if config.credentials.is_some() && (self.tls || !config.require_tls_for_auth) {
+                        lines.push("AUTH PLAIN LOGIN".into());
+                    }
+                    let last = lines.len() - 1;
+                    let text: String = lines
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }))
+                        .collect();
+                    io.get_mut().write_all(text.as_bytes()).await?;
+                }
+                "HELO" => {
+                    self.tx = None;
+                    self.reply(io, &format!("250 {}", config.hostname)).await?;
+                }
+                "STARTTLS" => {
+                    if !config.starttls || self.tls {
+                        self.reply(io, "454 4.7.0 TLS not available").await?;
+                    } else {
+                        self.reply(io, "220 2.0.0 Ready to start TLS").await?;
+                        return Ok(Next::StartTls);
+                    }
+                }
+                "AUTH" => self.auth(io, &config, arg).await?,
+                "MAIL" => {
+                    let (sender, mail_params) = path_and_params(
+                        arg.trim_start_matches(|c| c != ':').trim_start_matches(':'),
+                    );
+                    if config.require_auth && self.auth_user.is_none() {
+                        self.reply(
+                            io,
+                            "530 5.7.57 Client not authenticated to send mail during MAIL FROM",
+                        )
+                        .await?;
+                    } else if self.tx.is_some() {
+                        self.reply(io, "503 5.5.1 Sender already specified").await?;
+                    } else if let Some(custom) = &config.mail_reply {
+                        self.reply(io, custom).await?;
+                    } else if let Some(size) = mail_params
+                        .iter()
+                        .find_map(|p| p.strip_prefix("SIZE="))
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .filter(|&n| n > config.max_size)
+                    {
+                        self.reply(
+                            io,
+                            &format!("552 5.3.4 Message size {size} exceeds fixed limit"),
+                        )
+                        .await?;
+                    } else {
+                        self.tx = Some(ReceivedMessage {
+                            sender,
+                            mail_params,
+                            recipients: Vec::new(),
+                            content: Vec::new(),
+                            tls: self.tls,
+                            auth_user: self.auth_user.clone(),
+                            pipelined: !io.buffer().is_empty(),
+                            connection: self.id,
+                        });
+                        self.reply(io, "250 2.1.0 Sender OK").await?;
+                    }
+                }
+                "RCPT" => {
+                    let (address, _) = path_and_params(
+                        arg.trim_start_matches(|c| c != ':').trim_start_matches(':'),
+                    );
+                    let Some(tx) = self.tx.as_mut() else {
+                        self.reply(io, "503 5.5.1 Need MAIL before RCPT").await?;
+                        continue;
+                    };
+                    let answer = config
+                        .rcpt_replies
+                        .get(&address.to_ascii_lowercase())
+                        .cloned()
+                        .unwrap_or_else(|| "250 2.1.5 Recipient OK".into());
+                    if answer.starts_with('2') {
+                        tx.recipients.push(address);
+                    }
+                    self.reply(io, &answer).await?;
+                }
+                "DATA" => {
+                    match &self.tx {
+                        None => {
+                            self.reply(io, "503 5.5.1 Need MAIL command").await?;
+                            continue;
+                        }
+                        Some(tx) if tx.recipients.is_empty() => {
+                            self.tx = None;
+                            self.reply(io, "554 5.5.1 No valid recipients").await?;
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
+                    self.reply(io, "354 Start mail input; end with <CRLF>.<CRLF>")
+                        .await?;
+                    if config.close_during_data {
+                        let _ = read_line(io).await?;
+                        return Ok(Next::Close);
+                    }
+                    let Some(content) = read_content(io).await? else {
+                        return Ok(Next::Close);
+                    };
+                    let mut tx = self.tx.take().expect("checked above");
+                    tx.content = content;
+                    let answer = config.data_reply.clone().unwrap_or_else(|| {
+                        format!(
+                            "250 2.0.0 OK queued as {}",
+                            self.state.messages.lock().unwrap().len() + 1
+                        )
+                    });
+                    if answer.starts_with('2') {
+                        self.state.messages.lock().unwrap().push(tx);
+                        self.state.received.notify_waiters();
+                    }
+                    self.reply(io, &answer).await?;
+                }
+                "RSET" => {
+                    self.tx = None;
+                    self.reply(io, "250 2.0.0 Reset OK").await?;
+                }
+                "NOOP" => self.reply(io, "250 2.0.0 OK").await?,
+                "QUIT" => {
+                    self.reply(io, "221 2.0.0 Service closing transmission channel")
+                        .await?;
+                    return Ok(Next::Close);
+                }
+                _ => self.reply(io, "502 5.5.2 Command not recognized").await?,
+            }
+            if self.closing {
+                return Ok(Next::Close);
+            }
+        }
+        Ok(Next::Close)
+    }
+
+    async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        config: &UpstreamConfig,
+        arg: &str,
+    ) -> std::io::Result<()> {
+        let Some((user, password)) = &config.credentials else {
+            return self.reply(io, "503 5.5.1 AUTH not available").await;
+        };
+        if config.require_tls_for_auth && !self.tls {
+            return self
+                .reply(io, "530 5.7.0 Must issue a STARTTLS command first")
+                .await;
+        }
+        if self.auth_user.is_some() {
+            return self.reply(io, "503 5.5.1 Already authenticated").await;
+        }
+        let mut words = arg.split_whitespace();
+        let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next().map(String::from);
+        let decode = |b64: &str| {
+            BASE64
+                .decode(b64.trim())
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        let (given_user, given_password) = match mechanism.as_str() {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(r) => r,
+                    None => {
+                        self.reply(io, "334 ").await?;
+                        read_line(io).await?.unwrap_or_default()
+                    }
+                };
+                let decoded = decode(&response).unwrap_or_default();
+                let mut parts = decoded.split('\0').skip(1);
+                (
+                    parts.next().unwrap_or("").to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                )
+            }
+            "LOGIN" => {
+                self.reply(io, "334 VXNlcm5hbWU6").await?;
+                let u = read_line(io).await?.unwrap_or_default();
+                self.reply(io, "334 UGFzc3dvcmQ6").await?;
+                let p = read_line(io).await?.unwrap_or_default();
+                (
+                    decode(&u).unwrap_or_default(),
+                    decode(&p).unwrap_or_default(),
+                )
+            }
+            _ => {
+                return self
+                    .reply(io, "504 5.7.4 Unrecognized authentication type")
+                    .await;
+            }
+        };
+        if &given_user == user && &given_password == password {
+            self.auth_user = Some(given_user);
+            self.reply(io, "235 2.7.0 Authentication successful").await
+        } else {
+            self.reply(io, "535 5.7.3 Authentication unsuccessful")
+                .await
+        }
+    }
+}
+
+/// Reads the content after 354 up to the `.` line, undoing dot-stuffing. `None` if the client went away.
+async fn read_content<S: AsyncRead + Unpin>(
+    io: &mut BufReader<S>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut content = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if io.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(None);
+        }
+        if line == b".\r\n" {
+            return Ok(Some(content));
+        }
+        let unstuffed = if line.first() == Some(&b'.') {
+            &line[1..]
+        } else {
+            &line[..]
+        };
+        content.extend_from_slice(unstuffed);
+    }
+}
