@@ -1,1 +1,4 @@
-//! (Being written: see issue 2.)
+//! The subcommands. Each returns `anyhow::Result`; `main` maps errors to exit codes.
+
+pub mod check_config;
+pub mod serve;

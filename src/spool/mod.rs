@@ -1,1 +1,533 @@
-//! (Being written: see issue 2.)
+//! The spool: durable storage of accepted messages. It is the truth; the in-memory queue is an index
+//! rebuilt from it at start-up.
+//!
+//! Layout below `data_dir/spool/`:
+//! - `queue/<id>.msg`: the message content as it will be delivered (our `Received:` header, then the
+//!   client's data, CRLF line endings). Written once, never changed.
+//! - `queue/<id>.env`: the envelope and the delivery state (JSON, [`Envelope`]): sender, recipients
+//!   each with its own state, attempts, next attempt. Rewritten as a whole (temporary file, fsync, rename)
+//!   after an attempt that leaves work to do, so a retry rewrites only this small file.
+//! - `queue/*.tmp`: files being written; removed at start-up.
+//! - `corrupt/`: entries that could not be read, moved here with a `<id>.reason` file; never deleted.
+//!
+//! A message counts as accepted, and only then gets its `250`, when `<id>.msg` has been fsynced,
+//! `<id>.env` has been fsynced and renamed into place, and the `queue/` directory has been fsynced.
+//! An `.msg` without an `.env` was never accepted (the writer crashed before the rename) and is removed
+//! at start-up. Directory fsyncs of concurrent writers are shared (group commit): each writer waits until
+//! a directory fsync that started after its rename has finished.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A new queue id: microseconds since the epoch and a per-process counter, in hex. Ids sort by
+/// arrival time and are unique within one spool as long as the clock does not go back by more than
+/// the counter's 65,536 ids per microsecond.
+pub fn new_queue_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff;
+    format!("{micros:013X}{n:04X}")
+}
+
+/// A queue id is 17 upper-case hex digits; anything else is refused before it reaches a path.
+pub fn is_queue_id(id: &str) -> bool {
+    id.len() == 17
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+/// The envelope of one message and the state of its delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: String,
+    /// Unix seconds when the message was accepted.
+    pub received_at: u64,
+    /// Envelope sender; empty for the null sender `<>`.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// Size of the `.msg` file in bytes.
+    pub size: u64,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    /// Where the message came from, for logs and queue listings (e.g. `smtp 10.0.0.21 scanner1`).
+    pub origin: String,
+    /// Delivery attempts made so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Unix seconds of the next attempt (0: as soon as possible).
+    #[serde(default)]
+    pub next_attempt: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    #[serde(flatten)]
+    pub state: RecipientState,
+}
+
+/// Every recipient is pending, delivered, deferred or failed (DESIGN: per-recipient state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum RecipientState {
+    Pending,
+    Delivered { reply: String, at: u64 },
+    Deferred { reason: String, at: u64 },
+    Failed { reason: String, at: u64 },
+}
+
+impl RecipientState {
+    /// Delivered and failed recipients are done; the others still need an attempt.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RecipientState::Delivered { .. } | RecipientState::Failed { .. }
+        )
+    }
+}
+
+impl Envelope {
+    pub fn is_done(&self) -> bool {
+        self.recipients.iter().all(|r| r.state.is_final())
+    }
+}
+
+/// An entry found in the spool at start-up.
+#[derive(Debug)]
+pub enum Recovered {
+    Message(Envelope),
+    /// Could not be read; moved to `corrupt/` with this reason.
+    Corrupt {
+        id: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Spool {
+    queue_dir: PathBuf,
+    corrupt_dir: PathBuf,
+    dir_sync: GroupSync,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool below `data_dir`.
+    pub fn open(data_dir: &Path) -> io::Result<Spool> {
+        let root = data_dir.join("spool");
+        let queue_dir = root.join("queue");
+        let corrupt_dir = root.join("corrupt");
+        for dir in [&queue_dir, &corrupt_dir] {
+            fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+        }
+        Ok(Spool {
+            queue_dir,
+            corrupt_dir,
+            dir_sync: GroupSync::default(),
+        })
+    }
+
+    pub fn queue_dir(&self) -> &Path {
+        &self.queue_dir
+    }
+
+    fn msg_path(&self, id: &str) -> PathBuf {
+        self.queue_dir.join(format!("{id}.msg"))
+    }
+
+    fn env_path(&self, id: &str) -> PathBuf {
+        self.queue_dir.join(format!("{id}.env"))
+    }
+
+    /// Stores a new message durably: when this returns `Ok`, the message survives a crash.
+    /// `parts` are written one after the other as the content (e.g. a trace header, then the data).
+    pub fn store_new(&self, envelope: &Envelope, parts: &[&[u8]]) -> io::Result<()> {
+        let msg_path = self.msg_path(&envelope.id);
+        let result = (|| {
+            let mut f = File::create(&msg_path)?;
+            for part in parts {
+                f.write_all(part)?;
+            }
+            f.sync_data()?;
+            drop(f);
+            self.write_envelope_file(envelope)?;
+            self.sync_queue_dir()
+        })();
+        if result.is_err() {
+            // Nothing was acknowledged; leave no half entry behind.
+            let _ = fs::remove_file(&msg_path);
+            let _ = fs::remove_file(self.env_path(&envelope.id));
+        }
+        result
+    }
+
+    /// Rewrites the envelope (delivery state) of a stored message, atomically and durably.
+    pub fn update(&self, envelope: &Envelope) -> io::Result<()> {
+        self.write_envelope_file(envelope)?;
+        self.sync_queue_dir()
+    }
+
+    fn write_envelope_file(&self, envelope: &Envelope) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
+        let tmp = self.queue_dir.join(format!("{}.env.tmp", envelope.id));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_data()?;
+        drop(f);
+        fs::rename(&tmp, self.env_path(&envelope.id))
+    }
+
+    fn sync_queue_dir(&self) -> io::Result<()> {
+        self.dir_sync
+            .sync(|| File::open(&self.queue_dir).and_then(|d| d.sync_all()))
+    }
+
+    /// The stored content of a message.
+    pub fn read_content(&self, id: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.msg_path(id))
+    }
+
+    pub fn read_envelope(&self, id: &str) -> io::Result<Envelope> {
+        let bytes = fs::read(self.env_path(id))?;
+        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Removes a message whose recipients are all done. The envelope goes first: a crash in between
+    /// leaves an orphan `.msg`, which start-up removes, never an envelope without content.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        fs::remove_file(self.env_path(id))?;
+        match fs::remove_file(self.msg_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads every entry at start-up (before any writer runs): returns the messages to deliver, moves
+    /// unreadable entries to `corrupt/`, and removes temporary files and content never acknowledged.
+    pub fn recover(&self) -> io::Result<Vec<Recovered>> {
+        let mut envelopes = Vec::new();
+        let mut contents = Vec::new();
+        for entry in fs::read_dir(&self.queue_dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.ends_with(".tmp") {
+                fs::remove_file(&path)?;
+            } else if let Some(id) = name.strip_suffix(".env") {
+                envelopes.push(id.to_string());
+            } else if let Some(id) = name.strip_suffix(".msg") {
+                contents.push(id.to_string());
+            }
+        }
+        envelopes.sort();
+        let mut found = Vec::new();
+        for id in &envelopes {
+            match self.check_entry(id) {
+                Ok(envelope) => found.push(Recovered::Message(envelope)),
+                Err(reason) => {
+                    self.move_to_corrupt(id, &reason)?;
+                    found.push(Recovered::Corrupt {
+                        id: id.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        for id in contents {
+            if envelopes.binary_search(&id).is_err() {
+                fs::remove_file(self.msg_path(&id))?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn check_entry(&self, id: &str) -> Result<Envelope, String> {
+        let envelope = self
+            .read_envelope(id)
+            .map_err(|e| format!("envelope file unreadable: {e}"))?;
+        if envelope.id != id {
+            return Err(format!(
+                "envelope file names id {} but is stored as {id}",
+                envelope.id
+            ));
+        }
+        let meta = fs::metadata(self.msg_path(id))
+            .map_err(|e| format!("message content missing or unreadable: {e}"))?;
+        if meta.len() != envelope.size {
+            return Err(format!(
+                "message content is {} bytes, the envelope says {}",
+                meta.len(),
+                envelope.size
+            ));
+        }
+        Ok(envelope)
+    }
+
+    fn move_to_corrupt(&self, id: &str, reason: &str) -> io::Result<()> {
+        for path in [self.env_path(id), self.msg_path(id)] {
+            if path.exists() {
+                let name = path.file_name().expect("spool file name");
+                fs::rename(&path, self.corrupt_dir.join(name))?;
+            }
+        }
+        let mut f = File::create(self.corrupt_dir.join(format!("{id}.reason")))?;
+        writeln!(
+            f,
+            "queue id: {id}\nmoved here at unix time {}\nreason: {reason}",
+            unix_now()
+        )?;
+        f.sync_data()?;
+        File::open(&self.corrupt_dir)?.sync_all()?;
+        File::open(&self.queue_dir)?.sync_all()
+    }
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Group commit: many threads need "an fsync that started after my change"; one fsync serves all
+/// who arrived before it began.
+#[derive(Debug, Default)]
+struct GroupSync {
+    state: Mutex<GroupState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Tickets handed out; a ticket is covered by any sync that starts after it was taken.
+    requested: u64,
+    /// Every ticket up to this one is durable.
+    synced: u64,
+    syncing: bool,
+}
+
+impl GroupSync {
+    fn sync(&self, fsync: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let mut state = self.state.lock().expect("spool sync lock");
+        state.requested += 1;
+        let ticket = state.requested;
+        loop {
+            if state.synced >= ticket {
+                return Ok(());
+            }
+            if state.syncing {
+                state = self.done.wait(state).expect("spool sync lock");
+                continue;
+            }
+            state.syncing = true;
+            let covers = state.requested;
+            drop(state);
+            let result = fsync();
+            state = self.state.lock().expect("spool sync lock");
+            state.syncing = false;
+            if result.is_ok() {
+                state.synced = state.synced.max(covers);
+            }
+            self.done.notify_all();
+            result?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: &str, size: u64) -> Envelope {
+        Envelope {
+            id: id.to_string(),
+            received_at: 1,
+            sender: "scanner@contoso.com".into(),
+            recipients: vec![
+                Recipient {
+                    address: "a@example.com".into(),
+                    state: RecipientState::Pending,
+                },
+                Recipient {
+                    address: "b@example.com".into(),
+                    state: RecipientState::Failed {
+                        reason: "550 5.1.1 unknown".into(),
+                        at: 2,
+                    },
+                },
+            ],
+            size,
+            smtputf8: false,
+            eight_bit: false,
+            origin: "test".into(),
+            attempts: 0,
+            next_attempt: 0,
+        }
+    }
+
+    #[test]
+    fn queue_ids_are_unique_sortable_and_recognised() {
+        let ids: Vec<String> = (0..1000).map(|_| new_queue_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len());
+        assert!(ids.iter().all(|id| is_queue_id(id)));
+        for bad in ["", "../etc/passwd", "0123456789abcdef0", "0123456789ABCDEF"] {
+            assert!(!is_queue_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stored_message_survives_reopen_with_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        let env = envelope(&id, 17);
+        spool
+            .store_new(&env, &[b"Received: x", b"\r\nbody"])
+            .unwrap();
+        let mut env2 = env.clone();
+        env2.attempts = 3;
+        env2.recipients[0].state = RecipientState::Deferred {
+            reason: "451 try later".into(),
+            at: 5,
+        };
+        spool.update(&env2).unwrap();
+
+        let reopened = Spool::open(dir.path()).unwrap();
+        let found = reopened.recover().unwrap();
+        assert_eq!(found.len(), 1);
+        match &found[0] {
+            Recovered::Message(e) => assert_eq!(e, &env2),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            reopened.read_content(&id).unwrap(),
+            b"Received: x\r\nbody".to_vec()
+        );
+        reopened.remove(&id).unwrap();
+        assert!(reopened.recover().unwrap().is_empty());
+    }
+
+    #[test]
+    fn recovery_moves_unreadable_entries_aside_and_drops_unacknowledged_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let good = new_queue_id();
+        spool.store_new(&envelope(&good, 4), &[b"body"]).unwrap();
+        // Content whose envelope never made it: the writer crashed before the rename.
+        let orphan = new_queue_id();
+        fs::write(spool.queue_dir().join(format!("{orphan}.msg")), b"x").unwrap();
+        fs::write(spool.queue_dir().join(format!("{orphan}.env.tmp")), b"{").unwrap();
+        // An envelope that is not JSON, and one whose content is truncated.
+        let garbled = new_queue_id();
+        fs::write(
+            spool.queue_dir().join(format!("{garbled}.env")),
+            b"not json",
+        )
+        .unwrap();
+        fs::write(spool.queue_dir().join(format!("{garbled}.msg")), b"x").unwrap();
+        let truncated = new_queue_id();
+        spool
+            .store_new(&envelope(&truncated, 4), &[b"body"])
+            .unwrap();
+        fs::write(spool.queue_dir().join(format!("{truncated}.msg")), b"bo").unwrap();
+
+        let found = spool.recover().unwrap();
+        let mut messages = 0;
+        let mut corrupt = Vec::new();
+        for entry in found {
+            match entry {
+                Recovered::Message(e) => {
+                    assert_eq!(e.id, good);
+                    messages += 1;
+                }
+                Recovered::Corrupt { id, reason } => corrupt.push((id, reason)),
+            }
+        }
+        assert_eq!(messages, 1);
+        assert_eq!(corrupt.len(), 2);
+        assert!(
+            corrupt
+                .iter()
+                .any(|(id, r)| id == &garbled && r.contains("unreadable"))
+        );
+        assert!(
+            corrupt
+                .iter()
+                .any(|(id, r)| id == &truncated && r.contains("2 bytes"))
+        );
+        let corrupt_dir = dir.path().join("spool/corrupt");
+        for id in [&garbled, &truncated] {
+            assert!(corrupt_dir.join(format!("{id}.env")).exists());
+            assert!(corrupt_dir.join(format!("{id}.msg")).exists());
+            let reason = fs::read_to_string(corrupt_dir.join(format!("{id}.reason"))).unwrap();
+            assert!(reason.contains(id.as_str()));
+        }
+        let left: Vec<_> = fs::read_dir(spool.queue_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, vec![format!("{good}.env"), format!("{good}.msg")]);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        // A directory where the envelope's temporary file should go makes the write fail.
+        fs::create_dir(spool.queue_dir().join(format!("{id}.env.tmp"))).unwrap();
+        assert!(spool.store_new(&envelope(&id, 4), &[b"body"]).is_err());
+        assert!(!spool.queue_dir().join(format!("{id}.msg")).exists());
+        assert!(!spool.queue_dir().join(format!("{id}.env")).exists());
+    }
+
+    #[test]
+    fn group_sync_covers_every_concurrent_writer() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        let sync = Arc::new(GroupSync::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let sync = sync.clone();
+                let calls = calls.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        sync.sync(|| {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let state = sync.state.lock().unwrap();
+        assert_eq!(state.requested, 400);
+        assert_eq!(state.synced, 400);
+        let n = calls.load(Ordering::SeqCst);
+        assert!((1..=400).contains(&n));
+    }
+}

@@ -1,0 +1,196 @@
+//! `smarthost serve`: recovers the spool, starts the queue runner and the listeners, and runs until
+//! SIGINT or SIGTERM.
+
+use crate::config::{Config, TlsMode, Transport};
+use crate::deliver::Transporter;
+use crate::ingest::Ingest;
+use crate::queue::Queue;
+use crate::route::Router;
+use crate::server::{self, BoundListener, ServerContext};
+use crate::spool::{Recovered, Spool};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A relay that is up: its listeners are bound and its queue runs.
+pub struct Running {
+    /// The addresses actually bound (useful when a listener asked for port 0).
+    pub local_addrs: Vec<SocketAddr>,
+    pub queue: Queue,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    runner: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets sessions in DATA finish, waits for attempts in progress.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        let _ = self.runner.await;
+    }
+}
+
+/// Starts the relay described by `config`.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let spool = Arc::new(
+        Spool::open(&config.data_dir)
+            .with_context(|| format!("cannot open the spool in {}", config.data_dir.display()))?,
+    );
+    let router = Router::new(config.routes.clone());
+    let transporters = config
+        .routes
+        .iter()
+        .map(|route| {
+            Transporter::from_route(route, &config.hostname)
+                .with_context(|| format!("route {}", route.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let queue = Queue::new(
+        spool.clone(),
+        router.clone(),
+        transporters,
+        config.queue.clone(),
+    );
+
+    let recovery_spool = spool.clone();
+    let recovered = tokio::task::spawn_blocking(move || recovery_spool.recover())
+        .await?
+        .context("cannot read the spool")?;
+    let mut waiting = 0;
+    for entry in recovered {
+        match entry {
+            Recovered::Message(envelope) => {
+                waiting += 1;
+                queue.enqueue(envelope, None);
+            }
+            Recovered::Corrupt { id, reason } => {
+                tracing::error!(queue_id = %id, %reason, "unreadable spool entry moved to spool/corrupt");
+            }
+        }
+    }
+    if waiting > 0 {
+        tracing::info!(messages = waiting, "messages recovered from the spool");
+    }
+
+    let mut listeners = Vec::new();
+    let mut local_addrs = Vec::new();
+    for listener in &config.listeners {
+        let bound = TcpListener::bind(listener.address)
+            .await
+            .with_context(|| format!("cannot listen on {}", listener.address))?;
+        local_addrs.push(bound.local_addr()?);
+        listeners.push(BoundListener {
+            listener: bound,
+            config: listener.clone(),
+        });
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ingest = Ingest::new(spool, queue.clone(), config.hostname.clone());
+    let context = Arc::new(ServerContext {
+        hostname: config.hostname.clone(),
+        limits: config.limits.clone(),
+        router,
+        ingest,
+    });
+    let runner = tokio::spawn(queue.clone().run(shutdown_rx.clone()));
+    let server = tokio::spawn(server::run(listeners, context, shutdown_rx));
+    Ok(Running {
+        local_addrs,
+        queue,
+        shutdown: shutdown_tx,
+        server,
+        runner,
+    })
+}
+
+/// Runs until a signal, printing what a newcomer needs to know first.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let summary = describe(&config);
+    let running = start(config).await?;
+    println!("{summary}");
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections; undelivered mail stays in the spool");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn describe(config: &Config) -> String {
+    let mut out = String::from("smarthost is running.\n");
+    for l in &config.listeners {
+        let relay: Vec<String> = l.relay_from.iter().map(|n| n.to_string()).collect();
+        out.push_str(&format!(
+            "  listening on {} (relay allowed from {})\n",
+            l.address,
+            if relay.is_empty() {
+                "nobody".to_string()
+            } else {
+                relay.join(", ")
+            }
+        ));
+    }
+    out.push_str(&format!(
+        "  spool: {}\n",
+        config.data_dir.join("spool").display()
+    ));
+    for route in &config.routes {
+        let domains: Vec<String> = route
+            .domains
+            .iter()
+            .map(|d| match d {
+                crate::config::DomainPattern::Any => "*".to_string(),
+                crate::config::DomainPattern::Subdomains(s) => format!("*.{s}"),
+                crate::config::DomainPattern::Exact(s) => s.clone(),
+            })
+            .collect();
+        let target = match &route.transport {
+            Transport::Drop { path } => format!("written as .eml files into {}", path.display()),
+            Transport::Smtp(s) => format!(
+                "sent to {}:{} ({})",
+                s.host,
+                s.port,
+                match s.tls {
+                    TlsMode::StartTls => "STARTTLS required",
+                    TlsMode::Implicit => "implicit TLS",
+                    TlsMode::Opportunistic => "STARTTLS when offered",
+                    TlsMode::None => "no TLS",
+                }
+            ),
+        };
+        out.push_str(&format!(
+            "  mail for {} (route {}): {target}\n",
+            domains.join(", "),
+            route.name
+        ));
+    }
+    if let Some(l) = config.listeners.first() {
+        let addr = l.address;
+        out.push_str(&format!(
+            "Send a test message:\n  swaks --server {} --port {} --from you@example.com --to someone@example.com\n  curl smtp://{addr} --mail-from you@example.com --mail-rcpt someone@example.com --upload-file message.eml\n",
+            addr.ip(),
+            addr.port(),
+        ));
+    }
+    out
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
