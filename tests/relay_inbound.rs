@@ -1,11 +1,13 @@
 //! The inbound side against the real server on 127.0.0.1:0, delivering to a drop folder: what a device
 //! sees when it talks to the relay, and what comes out.
 
+mod common;
+
+use common::client::Client;
 use smarthost::cli::serve::{Running, start};
 use smarthost::config::load_str;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// A relay with its own data directory, delivering to `data_dir/outbox`.
@@ -79,76 +81,6 @@ fn read_dir_files(dir: &Path) -> Vec<String> {
         .iter()
         .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
         .collect()
-}
-
-/// A raw SMTP client: bytes out, replies in, nothing hidden.
-struct Client {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> (Client, String) {
-        Self::connect_from(addr, None).await
-    }
-
-    async fn connect_from(
-        addr: std::net::SocketAddr,
-        local: Option<std::net::IpAddr>,
-    ) -> (Client, String) {
-        let stream = match local {
-            None => TcpStream::connect(addr).await.unwrap(),
-            Some(ip) => {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.bind((ip, 0).into()).unwrap();
-                socket.connect(addr).await.unwrap()
-            }
-        };
-        let (r, w) = stream.into_split();
-        let mut client = Client {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let banner = client.reply().await;
-        (client, banner)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    /// One whole reply (all its lines), e.g. "250-a\n250 b".
-    async fn reply(&mut self) -> String {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
-                .await
-                .expect("reply in time")
-                .unwrap();
-            assert!(n > 0, "connection closed while waiting for a reply");
-            let line = line.trim_end().to_string();
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line);
-            if last {
-                return lines.join("\n");
-            }
-        }
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    /// Whether the server closed the connection (EOF) within a short time.
-    async fn closed(&mut self) -> bool {
-        let mut line = String::new();
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.reader.read_line(&mut line)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
-    }
 }
 
 /// The content a drop file holds after the x-sender/x-receiver lines and our Received header.

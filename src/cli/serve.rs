@@ -111,9 +111,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 /// Runs until a signal, printing what a newcomer needs to know first.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let summary = describe(&config);
+    let config_for_summary = config.clone();
     let running = start(config).await?;
-    println!("{summary}");
+    println!("{}", describe(&config_for_summary, &running.local_addrs));
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; undelivered mail stays in the spool");
     running.shutdown().await;
@@ -121,13 +121,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(config: &Config) -> String {
+fn describe(config: &Config, bound: &[SocketAddr]) -> String {
     let mut out = String::from("smarthost is running.\n");
-    for l in &config.listeners {
+    for (l, addr) in config.listeners.iter().zip(bound) {
         let relay: Vec<String> = l.relay_from.iter().map(|n| n.to_string()).collect();
         out.push_str(&format!(
-            "  listening on {} (relay allowed from {})\n",
-            l.address,
+            "  listening on {addr} (relay allowed from {})\n",
             if relay.is_empty() {
                 "nobody".to_string()
             } else {
@@ -169,8 +168,7 @@ fn describe(config: &Config) -> String {
             route.name
         ));
     }
-    if let Some(l) = config.listeners.first() {
-        let addr = l.address;
+    if let Some(&addr) = bound.first() {
         out.push_str(&format!(
             "Send a test message:\n  swaks --server {} --port {} --from you@example.com --to someone@example.com\n  curl smtp://{addr} --mail-from you@example.com --mail-rcpt someone@example.com --upload-file message.eml\n",
             addr.ip(),

@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod client;
 pub mod upstream;
