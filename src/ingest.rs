@@ -3,6 +3,7 @@
 //! message durably in the spool and hands it to the queue. When `submit` returns `Ok`, the message is
 //! on disk and the caller may say `250`.
 
+use crate::clock::Clock;
 use crate::queue::Queue;
 use crate::spool::{self, Envelope, Recipient, RecipientState, Spool};
 use std::net::IpAddr;
@@ -49,37 +50,81 @@ pub enum IngestError {
     /// The spool could not store the message (disk full, permissions): answer 4xx, the client retries.
     #[error("cannot store the message: {0}")]
     Storage(#[from] std::io::Error),
-    #[error("the relay is shutting down")]
-    ShuttingDown,
+    /// Less free space than `[queue] min_free_space`: refuse before the disk is really full.
+    #[error("only {available} bytes free in the spool's file system, less than min_free_space")]
+    LowDiskSpace { available: u64 },
 }
 
-#[derive(Debug, Clone)]
-pub struct Ingest {
+/// Writes messages into the spool: the part of ingest that the queue also uses for the bounces it
+/// creates (they are stored like any other message, then queued).
+#[derive(Debug)]
+pub struct Store {
     spool: Arc<Spool>,
-    queue: Queue,
+    clock: Arc<dyn Clock>,
     hostname: String,
+    min_free_space: u64,
+    /// (unix second of the last check, bytes available then): statvfs at most once a second.
+    space_checked: std::sync::Mutex<(u64, u64)>,
 }
 
-impl Ingest {
-    pub fn new(spool: Arc<Spool>, queue: Queue, hostname: String) -> Self {
-        Ingest {
+impl Store {
+    pub fn new(
+        spool: Arc<Spool>,
+        clock: Arc<dyn Clock>,
+        hostname: String,
+        min_free_space: u64,
+    ) -> Self {
+        Store {
             spool,
-            queue,
+            clock,
             hostname,
+            min_free_space,
+            space_checked: std::sync::Mutex::new((0, 0)),
         }
     }
 
-    /// Stores the message durably and queues it; returns its queue id.
-    pub async fn submit(
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn check_free_space(&self) -> Result<(), IngestError> {
+        if self.min_free_space == 0 {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let mut checked = self.space_checked.lock().expect("space check lock");
+        if checked.0 != now || checked.1 < self.min_free_space {
+            checked.1 = crate::spool::available_space(self.spool.queue_dir())?;
+            checked.0 = now;
+        }
+        if checked.1 < self.min_free_space {
+            return Err(IngestError::LowDiskSpace {
+                available: checked.1,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores the message durably; returns its envelope and its stored content.
+    pub async fn store(
         &self,
         submission: Submission,
         content: Vec<u8>,
-    ) -> Result<String, IngestError> {
+    ) -> Result<(Envelope, Arc<Vec<u8>>), IngestError> {
+        self.check_free_space()?;
         let id = spool::new_queue_id();
         let trace = received_header(&self.hostname, &id, &submission);
         let envelope = Envelope {
             id: id.clone(),
-            received_at: spool::unix_now(),
+            received_at: self.clock.now(),
             sender: submission.sender,
             recipients: submission
                 .recipients
@@ -95,27 +140,60 @@ impl Ingest {
             origin: submission.origin.describe(),
             attempts: 0,
             next_attempt: 0,
+            held: false,
+            delay_notified: false,
+            history: Vec::new(),
         };
         let spool = self.spool.clone();
-        let (envelope, content) = tokio::task::spawn_blocking(move || {
+        let (envelope, full) = tokio::task::spawn_blocking(move || {
             spool
                 .store_new(&envelope, &[trace.as_bytes(), &content])
-                .map(|()| (envelope, (trace, content)))
+                .map(|()| {
+                    let mut full = trace.into_bytes();
+                    full.extend_from_slice(&content);
+                    (envelope, full)
+                })
         })
         .await
         .map_err(|e| IngestError::Storage(std::io::Error::other(e)))??;
         tracing::info!(
             queue_id = %id,
             from = %envelope.sender,
-            recipients = envelope.recipients.len(),
+            to = %envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             size = envelope.size,
             origin = %envelope.origin,
             "message accepted"
         );
-        let (trace, body) = content;
-        let mut full = trace.into_bytes();
-        full.extend_from_slice(&body);
-        self.queue.enqueue(envelope, Some(Arc::new(full)));
+        Ok((envelope, Arc::new(full)))
+    }
+}
+
+/// The entry point for SMTP, Pickup and the CLI: store, then queue.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    store: Arc<Store>,
+    queue: Queue,
+}
+
+impl Ingest {
+    pub fn new(store: Arc<Store>, queue: Queue) -> Self {
+        Ingest { store, queue }
+    }
+
+    /// Stores the message durably and queues it; returns its queue id.
+    pub async fn submit(
+        &self,
+        submission: Submission,
+        content: Vec<u8>,
+    ) -> Result<String, IngestError> {
+        let (envelope, content) = self.store.store(submission, content).await?;
+        let id = envelope.id.clone();
+        self.queue.enqueue(envelope, Some(content));
         Ok(id)
     }
 }

@@ -2,8 +2,11 @@
 //! and delivers it the way Microsoft 365 accepts it. See `ARCHITECTURE.md` for the path of a message.
 #![forbid(unsafe_code)]
 
+pub mod bounce;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod control;
 pub mod deliver;
 pub mod ingest;
 pub mod queue;

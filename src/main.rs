@@ -24,6 +24,20 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// Look at and manage the queue of the running relay (like mailq, postqueue and postsuper).
+    Queue {
+        #[command(flatten)]
+        target: smarthost::cli::queue::Target,
+        #[command(subcommand)]
+        command: smarthost::cli::queue::QueueCommand,
+    },
+    /// Messages that could be neither delivered nor bounced (the Badmail folder of the running relay).
+    Badmail {
+        #[command(flatten)]
+        target: smarthost::cli::queue::Target,
+        #[command(subcommand)]
+        command: smarthost::cli::badmail::BadmailCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +78,23 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         }
+        Command::Queue { target, command } => {
+            control_exit(smarthost::cli::queue::run(&target, command))
+        }
+        Command::Badmail { target, command } => {
+            control_exit(smarthost::cli::badmail::run(&target, command))
+        }
+    }
+}
+
+/// 0 done, 1 the relay refused (unknown id, ...), 2 usage, configuration or no relay to ask.
+fn control_exit(result: Result<(), smarthost::cli::queue::CommandError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smarthost: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
@@ -74,5 +105,6 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -149,12 +149,7 @@ async fn one_refused_recipient_of_three_does_not_fail_the_others() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(
-        dir.path(),
-        &upstream,
-        "retry_initial = \"1s\"\nretry_max = \"1s\"",
-    )
-    .await;
+    let relay = start_relay(dir.path(), &upstream, "retry = [\"1s\"]").await;
     let reply = send(
         relay.local_addrs[0],
         &["a@example.com", "nobody@example.com", "c@example.com"],
@@ -167,10 +162,25 @@ async fn one_refused_recipient_of_three_does_not_fail_the_others() {
         messages[0].recipients,
         vec!["a@example.com", "c@example.com"]
     );
-    // The refused recipient is final: nothing is retried, the message leaves the spool.
+    // The refused recipient is final: nothing is retried, the message leaves the spool, and the
+    // sender gets one bounce (through the same upstream, from the null sender).
     assert!(wait_spool_empty(dir.path()).await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(upstream.messages().len(), 1, "delivered more than once");
+    let messages = upstream.messages();
+    assert_eq!(
+        messages.len(),
+        2,
+        "the message once and one bounce: {messages:#?}"
+    );
+    let bounce = &messages[1];
+    assert_eq!(bounce.sender, "");
+    assert_eq!(bounce.recipients, vec!["scanner@contoso.example"]);
+    let dsn = common::dsn::parse(&bounce.content);
+    assert_eq!(dsn.per_recipient.len(), 1);
+    assert_eq!(
+        dsn.recipient_field(0, "final-recipient"),
+        Some("rfc822; nobody@example.com")
+    );
     relay.shutdown().await;
 }
 
@@ -179,12 +189,7 @@ async fn upstream_down_then_up_the_message_is_retried_and_delivered() {
     let upstream = Upstream::start(upstream_config()).await;
     upstream.go_down().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(
-        dir.path(),
-        &upstream,
-        "retry_initial = \"1s\"\nretry_max = \"1s\"",
-    )
-    .await;
+    let relay = start_relay(dir.path(), &upstream, "retry = [\"1s\"]").await;
     let reply = send(
         relay.local_addrs[0],
         &["a@example.com"],
@@ -222,12 +227,7 @@ async fn mail_accepted_while_upstream_down_is_delivered_after_a_restart() {
     let upstream = Upstream::start(upstream_config()).await;
     upstream.go_down().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(
-        dir.path(),
-        &upstream,
-        "retry_initial = \"1s\"\nretry_max = \"1s\"",
-    )
-    .await;
+    let relay = start_relay(dir.path(), &upstream, "retry = [\"1s\"]").await;
     for i in 0..3 {
         let reply = send(
             relay.local_addrs[0],
@@ -241,12 +241,7 @@ async fn mail_accepted_while_upstream_down_is_delivered_after_a_restart() {
     assert_eq!(spool_files(dir.path()).len(), 6, "3 messages, 2 files each");
 
     upstream.go_up().await;
-    let relay = start_relay(
-        dir.path(),
-        &upstream,
-        "retry_initial = \"1s\"\nretry_max = \"1s\"",
-    )
-    .await;
+    let relay = start_relay(dir.path(), &upstream, "retry = [\"1s\"]").await;
     let messages = upstream.wait_for_messages(3, WAIT).await;
     let mut subjects: Vec<String> = messages.iter().map(strip_received).collect();
     subjects.sort();
@@ -271,11 +266,7 @@ async fn kill_9_loses_no_acknowledged_message() {
     let config = dir.path().join("smarthost.toml");
     std::fs::write(
         &config,
-        config_text(
-            dir.path(),
-            &upstream,
-            "retry_initial = \"1s\"\nretry_max = \"1s\"",
-        ),
+        config_text(dir.path(), &upstream, "retry = [\"1s\"]"),
     )
     .unwrap();
 
@@ -296,7 +287,19 @@ async fn kill_9_loses_no_acknowledged_message() {
 
     upstream.go_up().await;
     let (mut child, _) = spawn_relay(&config).await;
-    let messages = upstream.wait_for_messages(acknowledged, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while upstream.messages().len() < acknowledged && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let messages = upstream.messages();
+    if messages.len() < acknowledged {
+        let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap_or_default();
+        panic!(
+            "{} of {acknowledged} messages arrived; relay log:\n{log}\nupstream commands: {:#?}",
+            messages.len(),
+            upstream.commands()
+        );
+    }
     let mut recipients: Vec<String> = messages.iter().flat_map(|m| m.recipients.clone()).collect();
     recipients.sort();
     recipients.dedup();
@@ -316,7 +319,14 @@ async fn spawn_relay(config: &Path) -> (tokio::process::Child, std::net::SocketA
         .arg("--config")
         .arg(config)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // The relay's log, appended across restarts, shown if the test fails.
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(config.with_file_name("relay.log"))
+                .unwrap(),
+        )
         .kill_on_drop(true)
         .spawn()
         .expect("start smarthost");

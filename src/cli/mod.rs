@@ -1,4 +1,6 @@
 //! The subcommands. Each returns `anyhow::Result`; `main` maps errors to exit codes.
 
+pub mod badmail;
 pub mod check_config;
+pub mod queue;
 pub mod serve;

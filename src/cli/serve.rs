@@ -1,9 +1,12 @@
 //! `smarthost serve`: recovers the spool, starts the queue runner and the listeners, and runs until
 //! SIGINT or SIGTERM.
 
+use crate::bounce::badmail::Badmail;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, TlsMode, Transport};
 use crate::deliver::Transporter;
 use crate::ingest::Ingest;
+use crate::ingest::Store;
 use crate::queue::Queue;
 use crate::route::Router;
 use crate::server::{self, BoundListener, ServerContext};
@@ -22,6 +25,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     runner: tokio::task::JoinHandle<()>,
+    control: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
@@ -30,13 +34,22 @@ impl Running {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         let _ = self.runner.await;
+        let _ = self.control.await;
     }
 }
 
 /// Starts the relay described by `config`.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// Starts the relay with a given clock (tests drive the retry schedule with a manual one).
+pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    // First: a second relay on this data_dir must stop before it touches the spool.
+    let control_socket =
+        crate::control::server::bind(&crate::control::socket_path(&config.data_dir)).await?;
     let spool = Arc::new(
         Spool::open(&config.data_dir)
             .with_context(|| format!("cannot open the spool in {}", config.data_dir.display()))?,
@@ -50,11 +63,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .with_context(|| format!("route {}", route.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let queue = Queue::new(
+    let badmail = Arc::new(Badmail::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot open the Badmail folder in {}",
+            config.data_dir.display()
+        )
+    })?);
+    let store = Arc::new(Store::new(
         spool.clone(),
+        clock,
+        config.hostname.clone(),
+        config.queue.min_free_space,
+    ));
+    let queue = Queue::new(
+        store.clone(),
         router.clone(),
         transporters,
         config.queue.clone(),
+        badmail.clone(),
     );
 
     let recovery_spool = spool.clone();
@@ -69,7 +95,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 queue.enqueue(envelope, None);
             }
             Recovered::Corrupt { id, reason } => {
-                tracing::error!(queue_id = %id, %reason, "unreadable spool entry moved to spool/corrupt");
+                let (msg, env) = spool.entry_paths(&id);
+                let msg = msg.exists().then_some(msg);
+                let env = env.exists().then_some(env);
+                match badmail.store_unreadable(&id, &reason, msg.as_deref(), env.as_deref()) {
+                    Ok(name) => {
+                        tracing::error!(queue_id = %id, %reason, badmail = %name, "unreadable spool entry moved to Badmail")
+                    }
+                    Err(e) => {
+                        tracing::error!(queue_id = %id, %reason, error = %e, "unreadable spool entry left in the spool: cannot move it to Badmail")
+                    }
+                }
             }
         }
     }
@@ -91,7 +127,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ingest = Ingest::new(spool, queue.clone(), config.hostname.clone());
+    let ingest = Ingest::new(store, queue.clone());
+    let control_handler = Arc::new(crate::control::ControlHandler::new(
+        queue.clone(),
+        badmail.clone(),
+        ingest.clone(),
+    ));
+    let control = tokio::spawn(crate::control::server::serve(
+        control_socket,
+        control_handler,
+        shutdown_rx.clone(),
+    ));
     let context = Arc::new(ServerContext {
         hostname: config.hostname.clone(),
         limits: config.limits.clone(),
@@ -106,6 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown: shutdown_tx,
         server,
         runner,
+        control,
     })
 }
 

@@ -13,6 +13,7 @@ mod defaults;
 mod document;
 mod keys;
 mod routes;
+mod schedule;
 mod sections;
 mod values;
 
@@ -75,6 +76,7 @@ pub fn default_config() -> Config {
             transport: Transport::Drop {
                 path: data_dir.join(defaults::DROP_DIR),
             },
+            schedule: defaults::queue().schedule,
         }],
         data_dir,
     }

@@ -66,9 +66,37 @@ pub struct Limits {
 pub struct QueueConfig {
     /// Messages being delivered at the same time.
     pub max_concurrent_deliveries: usize,
-    /// First wait after a temporary failure; doubled each attempt up to `retry_max`.
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
+    /// The retry schedule of routes that do not set their own.
+    pub schedule: RetrySchedule,
+    /// IIS "Send copy of Non-Delivery Report to": every bounce also goes to this address.
+    pub ndr_copy_to: Option<String>,
+    /// A bounce carries the whole original message up to this size, only its headers beyond it.
+    pub bounce_original_max: u64,
+    /// Below this much free space in `data_dir`, new mail is refused with `452 4.3.1`.
+    pub min_free_space: u64,
+}
+
+/// When to try again, when to tell the sender that it takes long, when to give up (IIS: Delivery →
+/// Outbound; defaults 15 min, 30 min, 60 min, then every 240 min; delay notice after 12 h; expiry 2 days).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule {
+    /// The wait after the first, second, ... failed attempt; the last one repeats. Never empty.
+    pub retry: Vec<Duration>,
+    /// One "delayed" notice to the sender once a message has waited this long (`None`: never).
+    pub delay_notice: Option<Duration>,
+    /// Recipients still not delivered after this long are bounced.
+    pub expire: Duration,
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        const MINUTE: Duration = Duration::from_secs(60);
+        RetrySchedule {
+            retry: vec![15 * MINUTE, 30 * MINUTE, 60 * MINUTE, 240 * MINUTE],
+            delay_notice: Some(12 * 60 * MINUTE),
+            expire: 2 * 24 * 60 * MINUTE,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +104,8 @@ pub struct RouteConfig {
     pub name: String,
     pub domains: Vec<DomainPattern>,
     pub transport: Transport,
+    /// The route's own `retry`/`delay_notice`/`expire`, each falling back to `[queue]`'s.
+    pub schedule: RetrySchedule,
 }
 
 /// A recipient-domain pattern: `*` (any), `*.contoso.com` (subdomains), `contoso.com` (exact).

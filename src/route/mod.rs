@@ -68,6 +68,7 @@ mod tests {
             transport: Transport::Drop {
                 path: PathBuf::from("/tmp"),
             },
+            schedule: Default::default(),
         }
     }
 

@@ -452,8 +452,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 tracing::error!(client = %self.peer, error = %e, "cannot store message");
                 Reply::new(452, "4.3.1 Insufficient system storage, try again later")
             }
-            Err(IngestError::ShuttingDown) => {
-                Reply::new(421, "4.3.2 Service shutting down, try again later")
+            Err(IngestError::LowDiskSpace { available }) => {
+                tracing::error!(client = %self.peer, available, "refusing mail: spool disk space below min_free_space");
+                Reply::new(452, "4.3.1 Insufficient system storage, try again later")
             }
         };
         self.queue_reply(&reply);

@@ -8,7 +8,9 @@
 //!   each with its own state, attempts, next attempt. Rewritten as a whole (temporary file, fsync, rename)
 //!   after an attempt that leaves work to do, so a retry rewrites only this small file.
 //! - `queue/*.tmp`: files being written; removed at start-up.
-//! - `corrupt/`: entries that could not be read, moved here with a `<id>.reason` file; never deleted.
+//!
+//! Entries that cannot be read are reported by [`Spool::recover`] and moved to Badmail by the caller
+//! (`bounce::badmail`), never deleted.
 //!
 //! A message counts as accepted, and only then gets its `250`, when `<id>.msg` has been fsynced,
 //! `<id>.env` has been fsynced and renamed into place, and the `queue/` directory has been fsynced.
@@ -74,6 +76,27 @@ pub struct Envelope {
     /// Unix seconds of the next attempt (0: as soon as possible).
     #[serde(default)]
     pub next_attempt: u64,
+    /// Held by an administrator: not delivered until released.
+    #[serde(default)]
+    pub held: bool,
+    /// The one delay notice has been sent.
+    #[serde(default)]
+    pub delay_notified: bool,
+    /// The most recent attempts, oldest first (at most [`HISTORY_KEPT`]).
+    #[serde(default)]
+    pub history: Vec<AttemptRecord>,
+}
+
+/// Attempts kept in an envelope's history.
+pub const HISTORY_KEPT: usize = 20;
+
+/// One delivery attempt in a message's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Unix seconds when the attempt ended.
+    pub at: u64,
+    /// (recipient, outcome) for every recipient tried, e.g. `deferred: ... said "451 4.7.500 ..."`.
+    pub results: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +136,8 @@ impl Envelope {
 #[derive(Debug)]
 pub enum Recovered {
     Message(Envelope),
-    /// Could not be read; moved to `corrupt/` with this reason.
+    /// Could not be read, for this reason. Its files are still in the queue directory
+    /// ([`Spool::entry_paths`]); the caller moves them to Badmail.
     Corrupt {
         id: String,
         reason: String,
@@ -123,28 +147,27 @@ pub enum Recovered {
 #[derive(Debug)]
 pub struct Spool {
     queue_dir: PathBuf,
-    corrupt_dir: PathBuf,
     dir_sync: GroupSync,
 }
 
 impl Spool {
     /// Opens (creating if needed) the spool below `data_dir`.
     pub fn open(data_dir: &Path) -> io::Result<Spool> {
-        let root = data_dir.join("spool");
-        let queue_dir = root.join("queue");
-        let corrupt_dir = root.join("corrupt");
-        for dir in [&queue_dir, &corrupt_dir] {
-            fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
-        }
+        let queue_dir = data_dir.join("spool").join("queue");
+        fs::create_dir_all(&queue_dir).map_err(|e| with_path(e, &queue_dir))?;
         Ok(Spool {
             queue_dir,
-            corrupt_dir,
             dir_sync: GroupSync::default(),
         })
     }
 
     pub fn queue_dir(&self) -> &Path {
         &self.queue_dir
+    }
+
+    /// The content and envelope files of an entry, whether or not they exist.
+    pub fn entry_paths(&self, id: &str) -> (PathBuf, PathBuf) {
+        (self.msg_path(id), self.env_path(id))
     }
 
     fn msg_path(&self, id: &str) -> PathBuf {
@@ -218,8 +241,8 @@ impl Spool {
         }
     }
 
-    /// Reads every entry at start-up (before any writer runs): returns the messages to deliver, moves
-    /// unreadable entries to `corrupt/`, and removes temporary files and content never acknowledged.
+    /// Reads every entry at start-up (before any writer runs): returns the messages to deliver and the
+    /// unreadable entries, and removes temporary files and content never acknowledged.
     pub fn recover(&self) -> io::Result<Vec<Recovered>> {
         let mut envelopes = Vec::new();
         let mut contents = Vec::new();
@@ -242,7 +265,6 @@ impl Spool {
             match self.check_entry(id) {
                 Ok(envelope) => found.push(Recovered::Message(envelope)),
                 Err(reason) => {
-                    self.move_to_corrupt(id, &reason)?;
                     found.push(Recovered::Corrupt {
                         id: id.clone(),
                         reason,
@@ -279,24 +301,19 @@ impl Spool {
         }
         Ok(envelope)
     }
+}
 
-    fn move_to_corrupt(&self, id: &str, reason: &str) -> io::Result<()> {
-        for path in [self.env_path(id), self.msg_path(id)] {
-            if path.exists() {
-                let name = path.file_name().expect("spool file name");
-                fs::rename(&path, self.corrupt_dir.join(name))?;
-            }
-        }
-        let mut f = File::create(self.corrupt_dir.join(format!("{id}.reason")))?;
-        writeln!(
-            f,
-            "queue id: {id}\nmoved here at unix time {}\nreason: {reason}",
-            unix_now()
-        )?;
-        f.sync_data()?;
-        File::open(&self.corrupt_dir)?.sync_all()?;
-        File::open(&self.queue_dir)?.sync_all()
-    }
+/// Bytes available to us in the file system that holds `path`.
+#[cfg(unix)]
+pub fn available_space(path: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Not measured on this platform: reported as plenty, so only real write errors refuse mail.
+#[cfg(not(unix))]
+pub fn available_space(_path: &Path) -> io::Result<u64> {
+    Ok(u64::MAX)
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {
@@ -376,6 +393,9 @@ mod tests {
             origin: "test".into(),
             attempts: 0,
             next_attempt: 0,
+            held: false,
+            delay_notified: false,
+            history: Vec::new(),
         }
     }
 
@@ -425,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn recovery_moves_unreadable_entries_aside_and_drops_unacknowledged_content() {
+    fn recovery_reports_unreadable_entries_and_drops_unacknowledged_content() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let good = new_queue_id();
@@ -472,20 +492,23 @@ mod tests {
                 .iter()
                 .any(|(id, r)| id == &truncated && r.contains("2 bytes"))
         );
-        let corrupt_dir = dir.path().join("spool/corrupt");
-        for id in [&garbled, &truncated] {
-            assert!(corrupt_dir.join(format!("{id}.env")).exists());
-            assert!(corrupt_dir.join(format!("{id}.msg")).exists());
-            let reason = fs::read_to_string(corrupt_dir.join(format!("{id}.reason"))).unwrap();
-            assert!(reason.contains(id.as_str()));
-        }
         let left: Vec<_> = fs::read_dir(spool.queue_dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         let mut left = left;
         left.sort();
-        assert_eq!(left, vec![format!("{good}.env"), format!("{good}.msg")]);
+        // The unreadable entries stay where they are until the caller moves them to Badmail;
+        // the orphan content and the temporary file are gone.
+        let mut expected = vec![format!("{good}.env"), format!("{good}.msg")];
+        for id in [&garbled, &truncated] {
+            let (msg, env) = spool.entry_paths(id);
+            for path in [msg, env] {
+                expected.push(path.file_name().unwrap().to_str().unwrap().to_string());
+            }
+        }
+        expected.sort();
+        assert_eq!(left, expected);
     }
 
     #[test]

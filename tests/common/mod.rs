@@ -4,4 +4,5 @@
 
 pub mod certs;
 pub mod client;
+pub mod dsn;
 pub mod upstream;

@@ -26,8 +26,10 @@ pub fn limits() -> Limits {
 pub fn queue() -> QueueConfig {
     QueueConfig {
         max_concurrent_deliveries: 20,
-        retry_initial: MINUTE,
-        retry_max: 60 * MINUTE,
+        schedule: crate::config::RetrySchedule::default(),
+        ndr_copy_to: None,
+        bounce_original_max: 256 * 1024,
+        min_free_space: 100 * 1024 * 1024,
     }
 }
 

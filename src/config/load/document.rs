@@ -259,9 +259,17 @@ impl Report {
         key: &str,
         default: Duration,
     ) -> Duration {
-        let Some(value) = section.get(key) else {
-            return default;
-        };
+        self.optional_duration(section, key)
+            .map_or(default, |at| at.value)
+    }
+
+    /// [`Report::duration`] without a default: `None` when absent or unusable.
+    pub fn optional_duration(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+    ) -> Option<At<Duration>> {
+        let value = section.get(key)?;
         let DeValue::String(text) = value.get_ref() else {
             self.wrong_type(
                 section,
@@ -270,26 +278,133 @@ impl Report {
                 "a duration such as \"30s\" or \"5m\"",
                 value.get_ref(),
             );
-            return default;
+            return None;
         };
+        let duration = self.positive_duration(section, key, text, &value.span())?;
+        Some(At {
+            value: duration,
+            span: value.span(),
+        })
+    }
+
+    /// A non-empty array of humantime durations, each greater than zero (`retry = ["15m", "30m"]`).
+    /// `None` when absent or unusable (the problem is reported).
+    pub fn durations(&mut self, section: &Section<'_, '_>, key: &str) -> Option<At<Vec<Duration>>> {
+        let value = section.get(key)?;
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(
+                section,
+                key,
+                value,
+                "an array of durations such as [\"15m\", \"30m\"]",
+                value.get_ref(),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.error(
+                &value.span(),
+                format!(
+                    "`{}` is empty: give at least one duration",
+                    section.name(key)
+                ),
+            );
+            return None;
+        }
+        let mut durations = Vec::new();
+        let mut usable = true;
+        for item in items.iter() {
+            let DeValue::String(text) = item.get_ref() else {
+                self.error(
+                    &item.span(),
+                    format!(
+                        "`{}` must contain only durations such as \"15m\", found {}",
+                        section.name(key),
+                        item.get_ref().type_str()
+                    ),
+                );
+                usable = false;
+                continue;
+            };
+            match self.positive_duration(section, key, text, &item.span()) {
+                Some(duration) => durations.push(duration),
+                None => usable = false,
+            }
+        }
+        usable.then(|| At {
+            value: durations,
+            span: value.span(),
+        })
+    }
+
+    /// A duration greater than zero, or `"never"` (`Some(None)`). `None` when absent or unusable.
+    pub fn duration_or_never(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+    ) -> Option<At<Option<Duration>>> {
+        let value = section.get(key)?;
+        let DeValue::String(text) = value.get_ref() else {
+            self.wrong_type(
+                section,
+                key,
+                value,
+                "a duration such as \"12h\", or \"never\"",
+                value.get_ref(),
+            );
+            return None;
+        };
+        let duration = if text.trim().eq_ignore_ascii_case("never") {
+            None
+        } else {
+            Some(self.positive_duration(section, key, text, &value.span())?)
+        };
+        Some(At {
+            value: duration,
+            span: value.span(),
+        })
+    }
+
+    fn positive_duration(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+        text: &str,
+        span: &Span,
+    ) -> Option<Duration> {
         match values::parse_duration(text) {
             Ok(duration) if duration.is_zero() => {
                 self.error(
-                    &value.span(),
+                    span,
                     format!("`{}` must be longer than zero", section.name(key)),
                 );
-                default
+                None
             }
-            Ok(duration) => duration,
+            Ok(duration) => Some(duration),
             Err(message) => {
-                self.error(&value.span(), format!("`{}`: {message}", section.name(key)));
-                default
+                self.error(span, format!("`{}`: {message}", section.name(key)));
+                None
             }
         }
     }
 
     /// A size in bytes: an integer, or a string with a unit. Greater than zero.
     pub fn size(&mut self, section: &Section<'_, '_>, key: &str, default: u64) -> u64 {
+        self.size_checked(section, key, default, false)
+    }
+
+    /// A size in bytes where zero is meaningful (e.g. "no check").
+    pub fn size_or_zero(&mut self, section: &Section<'_, '_>, key: &str, default: u64) -> u64 {
+        self.size_checked(section, key, default, true)
+    }
+
+    fn size_checked(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+        default: u64,
+        zero_allowed: bool,
+    ) -> u64 {
         let Some(value) = section.get(key) else {
             return default;
         };
@@ -301,8 +416,16 @@ impl Report {
                     return default;
                 }
             },
-            // A negative number reads as zero: the same mistake, the same message.
             DeValue::Integer(_) => match self.integer(section, key) {
+                // For a size that must be positive, a negative number reads as zero: the same
+                // mistake, the same message.
+                Some(at) if at.value < 0 && zero_allowed => {
+                    self.error(
+                        &value.span(),
+                        format!("`{}` must not be negative", section.name(key)),
+                    );
+                    return default;
+                }
                 Some(at) => u64::try_from(at.value).unwrap_or(0),
                 None => return default,
             },
@@ -311,7 +434,7 @@ impl Report {
                 return default;
             }
         };
-        if bytes == 0 {
+        if bytes == 0 && !zero_allowed {
             self.error(
                 &value.span(),
                 format!("`{}` must be greater than zero", section.name(key)),

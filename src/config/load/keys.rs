@@ -15,8 +15,24 @@ pub const LIMITS: &[&str] = &[
     "command_timeout",
     "data_timeout",
 ];
-pub const QUEUE: &[&str] = &["max_concurrent_deliveries", "retry_initial", "retry_max"];
-pub const ROUTE: &[&str] = &["name", "domains", "transport"];
+pub const QUEUE: &[&str] = &[
+    "max_concurrent_deliveries",
+    "retry",
+    "delay_notice",
+    "expire",
+    "ndr_copy_to",
+    "bounce_original_max",
+    "min_free_space",
+];
+/// Keys of every route, whatever its transport.
+pub const ROUTE: &[&str] = &[
+    "name",
+    "domains",
+    "transport",
+    "retry",
+    "delay_notice",
+    "expire",
+];
 /// Keys of a `transport = "drop"` route only.
 pub const ROUTE_DROP: &[&str] = &["path"];
 /// Keys of a `transport = "smtp"` route only.
@@ -64,6 +80,13 @@ fn hint(key: &str, header: &str, known: &[&[&str]]) -> Option<String> {
         return Some(
             "the password is read from the environment variable named by `password_env` or \
              from the file named by `password_file`, never from this file"
+                .to_string(),
+        );
+    }
+    if ["retry_initial", "retry_max"].contains(&key) {
+        return Some(
+            "the retry schedule is now a list of waits, the last one repeating: \
+             retry = [\"15m\", \"30m\", \"60m\", \"240m\"]"
                 .to_string(),
         );
     }

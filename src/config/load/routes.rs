@@ -3,9 +3,11 @@
 //! never the value.
 
 use super::document::{At, Report, Section};
+use super::schedule::{self, Inherited};
 use super::{Env, defaults, keys, values};
 use crate::config::{
-    AuthConfig, AuthMechanism, DomainPattern, RouteConfig, Secret, SmtpRoute, TlsMode, Transport,
+    AuthConfig, AuthMechanism, DomainPattern, RetrySchedule, RouteConfig, Secret, SmtpRoute,
+    TlsMode, Transport,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -24,6 +26,7 @@ pub fn routes(
     report: &mut Report,
     top: &Section<'_, '_>,
     data_dir: &Path,
+    queue_schedule: &RetrySchedule,
     env: Env<'_>,
 ) -> Vec<RouteConfig> {
     let Some(list) = report.tables(top, "route", "[[route]]") else {
@@ -42,21 +45,38 @@ pub fn routes(
         );
     }
     let mut claims = Claims::default();
+    let context = RouteContext {
+        data_dir,
+        queue_schedule,
+        env,
+    };
     list.value
         .iter()
         .enumerate()
-        .filter_map(|(index, section)| route(report, index, section, data_dir, env, &mut claims))
+        .filter_map(|(index, section)| route(report, index, section, &context, &mut claims))
         .collect()
+}
+
+/// What every route is read against.
+struct RouteContext<'a> {
+    data_dir: &'a Path,
+    /// `[queue]`'s schedule, which a route's own keys override one by one.
+    queue_schedule: &'a RetrySchedule,
+    env: Env<'a>,
 }
 
 fn route(
     report: &mut Report,
     index: usize,
     section: &Section<'_, '_>,
-    data_dir: &Path,
-    env: Env<'_>,
+    context: &RouteContext<'_>,
     claims: &mut Claims,
 ) -> Option<RouteConfig> {
+    let RouteContext {
+        data_dir,
+        queue_schedule,
+        env,
+    } = *context;
     keys::check(
         report,
         section,
@@ -102,11 +122,13 @@ fn route(
         None if section.has("transport") => None,
         None => smtp_transport(report, section, env).map(Transport::Smtp),
     };
+    let schedule = schedule::schedule(report, section, queue_schedule, Inherited::Queue);
 
     Some(RouteConfig {
         name: name?,
         domains,
         transport: transport?,
+        schedule,
     })
 }
 

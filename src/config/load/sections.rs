@@ -4,8 +4,10 @@
 
 use super::document::{Report, Section};
 use super::routes;
+use super::schedule::{self, Inherited};
 use super::{Env, defaults, keys, values};
 use crate::config::{Config, Limits, ListenerConfig, QueueConfig};
+use crate::smtp::command::is_valid_mailbox;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
@@ -50,7 +52,7 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
         Some(section) => queue(report, &section),
         None => defaults::queue(),
     };
-    let routes = routes::routes(report, &top, &data_dir, env);
+    let routes = routes::routes(report, &top, &data_dir, &queue.schedule, env);
 
     Config {
         data_dir,
@@ -148,28 +150,39 @@ fn limits(report: &mut Report, section: &Section<'_, '_>) -> Limits {
 fn queue(report: &mut Report, section: &Section<'_, '_>) -> QueueConfig {
     keys::check(report, section, &[keys::QUEUE]);
     let d = defaults::queue();
-    let queue = QueueConfig {
+    let ndr_copy_to = report.string(section, "ndr_copy_to").and_then(|at| {
+        let address = at.value.trim();
+        if is_valid_mailbox(address) {
+            return Some(address.to_string());
+        }
+        let hint = if address.starts_with('<') {
+            " (write it without < >)"
+        } else {
+            ""
+        };
+        report.error(
+            &at.span,
+            format!(
+                "`queue.ndr_copy_to` {:?} is not a valid address: write local-part@domain, \
+                 e.g. \"postmaster@contoso.com\"{hint}",
+                at.value
+            ),
+        );
+        None
+    });
+    QueueConfig {
         max_concurrent_deliveries: report.count(
             section,
             "max_concurrent_deliveries",
             d.max_concurrent_deliveries,
         ),
-        retry_initial: report.duration(section, "retry_initial", d.retry_initial),
-        retry_max: report.duration(section, "retry_max", d.retry_max),
-    };
-    if queue.retry_initial > queue.retry_max {
-        let span = section
-            .get("retry_initial")
-            .or_else(|| section.get("retry_max"))
-            .map_or(section.span.clone(), |value| value.span());
-        report.error(
-            &span,
-            format!(
-                "`queue.retry_initial` ({}) is longer than `queue.retry_max` ({})",
-                humantime::format_duration(queue.retry_initial),
-                humantime::format_duration(queue.retry_max)
-            ),
-        );
+        schedule: schedule::schedule(report, section, &d.schedule, Inherited::Defaults),
+        ndr_copy_to,
+        bounce_original_max: report.size_or_zero(
+            section,
+            "bounce_original_max",
+            d.bounce_original_max,
+        ),
+        min_free_space: report.size_or_zero(section, "min_free_space", d.min_free_space),
     }
-    queue
 }

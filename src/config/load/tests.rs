@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{AuthMechanism, Secret, SmtpRoute, TlsMode};
+use crate::config::{AuthMechanism, RetrySchedule, Secret, SmtpRoute, TlsMode};
 use std::time::Duration;
 
 const PASSWORD: &str = "s3cret-Value!";
@@ -90,8 +90,39 @@ fn each_mistake_is_reported_with_its_line() {
         ("[limits]\nmax_connections = -5".into(), 2, "`limits.max_connections` must be at least 1"),
         ("[limits]\nmax_connections = 99999999999999999999".into(), 2, "`limits.max_connections` is too large"),
         ("[queue]\nmax_concurrent_deliveries = 0".into(), 2, "must be at least 1"),
-        ("[queue]\nretry_initial = \"2h\"\nretry_max = \"1h\"".into(), 2, "`queue.retry_initial` (2h) is longer than `queue.retry_max` (1h)"),
-        ("[queue]\nretry_initial = \"2h\"".into(), 2, "`queue.retry_initial` (2h) is longer than `queue.retry_max` (1h)"),
+        // The retry schedule, [queue] and per route.
+        ("[queue]\nretry_initial = \"15m\"".into(), 2, "unknown key `retry_initial` in [queue] (the retry schedule is now a list of waits, the last one repeating: retry = [\"15m\", \"30m\", \"60m\", \"240m\"])"),
+        ("[queue]\nretry_max = \"4h\"".into(), 2, "unknown key `retry_max` in [queue] (the retry schedule is now a list"),
+        ("[queue]\nretry = []".into(), 2, "`queue.retry` is empty: give at least one duration"),
+        ("[queue]\nretry = \"15m\"".into(), 2, "`queue.retry` must be an array of durations such as [\"15m\", \"30m\"], found string"),
+        ("[queue]\nretry = [\"15m\", 30]".into(), 2, "`queue.retry` must contain only durations such as \"15m\", found integer"),
+        ("[queue]\nretry = [\"15m\",\n  \"0s\"]".into(), 3, "`queue.retry` must be longer than zero"),
+        ("[queue]\nretry = [\"15 minutes later\"]".into(), 2, "`queue.retry`: invalid duration \"15 minutes later\""),
+        ("[queue]\ndelay_notice = \"2d\"".into(), 2, "`queue.delay_notice` (2days) is not shorter than the default `expire` (2days): the delay notice would never be sent; make delay_notice shorter, or write delay_notice = \"never\""),
+        ("[queue]\nexpire = \"6h\"".into(), 2, "the default `delay_notice` (12h) is not shorter than `queue.expire` (6h)"),
+        ("[queue]\nexpire = \"1d\"\ndelay_notice = \"1d\"".into(), 3, "`queue.delay_notice` (1day) is not shorter than `queue.expire` (1day)"),
+        // An unusable value is reported once, not compared as well.
+        ("[queue]\nexpire = \"0s\"\ndelay_notice = \"3d\"".into(), 2, "`queue.expire` must be longer than zero"),
+        ("[queue]\ndelay_notice = \"0s\"".into(), 2, "`queue.delay_notice` must be longer than zero"),
+        ("[queue]\ndelay_notice = \"soon\"".into(), 2, "`queue.delay_notice`: invalid duration \"soon\""),
+        ("[queue]\ndelay_notice = false".into(), 2, "`queue.delay_notice` must be a duration such as \"12h\", or \"never\", found boolean"),
+        ("[queue]\nexpire = \"never\"".into(), 2, "`queue.expire`: invalid duration \"never\""),
+        (format!("{route}retry = []"), 5, "`route.retry` is empty"),
+        (format!("{route}retry = [\"1m\", \"-1m\"]"), 5, "`route.retry`: invalid duration \"-1m\""),
+        (format!("{route}expire = \"6h\""), 5, "`delay_notice` of [queue] (12h) is not shorter than `route.expire` (6h)"),
+        (format!("{route}delay_notice = \"3d\""), 5, "`route.delay_notice` (3days) is not shorter than `expire` of [queue] (2days)"),
+        (format!("[queue]\ndelay_notice = \"1h\"\n{route}expire = \"30m\""), 7, "`delay_notice` of [queue] (1h) is not shorter than `route.expire` (30m)"),
+        (format!("[queue]\nexpire = \"6h\"\ndelay_notice = \"never\"\n{route}delay_notice = \"12h\""), 8, "`route.delay_notice` (12h) is not shorter than `expire` of [queue] (6h)"),
+        (format!("{route}delay_notice = \"0s\""), 5, "`route.delay_notice` must be longer than zero"),
+        ("[[route]]\nname = \"r\"\ndomains = [\"r.example\"]\ntransport = \"drop\"\nexpire = 3600".into(), 5, "`route.expire` must be a duration such as \"30s\" or \"5m\", found integer"),
+        // Bounces and disk space.
+        ("[queue]\nndr_copy_to = \"postmaster\"".into(), 2, "`queue.ndr_copy_to` \"postmaster\" is not a valid address: write local-part@domain"),
+        ("[queue]\nndr_copy_to = \"<postmaster@contoso.com>\"".into(), 2, "(write it without < >)"),
+        ("[queue]\nndr_copy_to = \"post master@contoso.com\"".into(), 2, "is not a valid address"),
+        ("[queue]\nndr_copy_to = [\"postmaster@contoso.com\"]".into(), 2, "`queue.ndr_copy_to` must be a string, found array"),
+        ("[queue]\nbounce_original_max = \"lots\"".into(), 2, "`queue.bounce_original_max`: invalid size \"lots\""),
+        ("[queue]\nmin_free_space = -1".into(), 2, "`queue.min_free_space` must not be negative"),
+        ("[queue]\nmin_free_space = \"100 MiBs\"".into(), 2, "`queue.min_free_space`: invalid size"),
         // Routes.
         ("[[route]]\ndomains = [\"r.example\"]\ntransport = \"drop\"".into(), 1, "[[route]] needs `name`"),
         ("[[route]]\nname = \" \"\ndomains = [\"r.example\"]\ntransport = \"drop\"".into(), 2, "`route.name` is empty"),
@@ -214,7 +245,7 @@ max_message_size = "lots"
 max_recipients = 0
 
 [queue]
-retry_max = "soon"
+expire = "soon"
 
 [[route]]
 name = "m365"
@@ -332,8 +363,12 @@ data_timeout = "1h"
 
 [queue]
 max_concurrent_deliveries = 4
-retry_initial = "15m"
-retry_max = "4h"
+retry = ["5m", "10m", "1h"]
+delay_notice = "4h"
+expire = "3d"
+ndr_copy_to = "postmaster@contoso.com"
+bounce_original_max = "1MiB"
+min_free_space = "1GB"
 
 [[route]]
 name = "m365"
@@ -396,8 +431,23 @@ path = "/srv/archive"
     assert_eq!(limits.command_timeout, Duration::from_secs(30));
     assert_eq!(limits.data_timeout, Duration::from_secs(3600));
     assert_eq!(config.queue.max_concurrent_deliveries, 4);
-    assert_eq!(config.queue.retry_initial, Duration::from_secs(900));
-    assert_eq!(config.queue.retry_max, Duration::from_secs(4 * 3600));
+    let schedule = RetrySchedule {
+        retry: vec![
+            Duration::from_secs(300),
+            Duration::from_secs(600),
+            Duration::from_secs(3600),
+        ],
+        delay_notice: Some(Duration::from_secs(4 * 3600)),
+        expire: Duration::from_secs(3 * 86_400),
+    };
+    assert_eq!(config.queue.schedule, schedule);
+    assert_eq!(
+        config.queue.ndr_copy_to.as_deref(),
+        Some("postmaster@contoso.com")
+    );
+    assert_eq!(config.queue.bounce_original_max, 1024 * 1024);
+    assert_eq!(config.queue.min_free_space, 1_000_000_000);
+    assert!(config.routes.iter().all(|r| r.schedule == schedule));
 
     let names: Vec<_> = config.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["m365", "local", "archive"]);
@@ -463,8 +513,19 @@ transport = "drop"
     assert_eq!(limits.command_timeout, Duration::from_secs(300));
     assert_eq!(limits.data_timeout, Duration::from_secs(600));
     assert_eq!(config.queue.max_concurrent_deliveries, 20);
-    assert_eq!(config.queue.retry_initial, Duration::from_secs(60));
-    assert_eq!(config.queue.retry_max, Duration::from_secs(3600));
+    // IIS: 15, 30, 60, then every 240 minutes; delay notification 12 h; expiration 2 days.
+    let iis = RetrySchedule {
+        retry: [15, 30, 60, 240]
+            .map(|m| Duration::from_secs(m * 60))
+            .to_vec(),
+        delay_notice: Some(Duration::from_secs(12 * 3600)),
+        expire: Duration::from_secs(2 * 86_400),
+    };
+    assert_eq!(config.queue.schedule, iis);
+    assert_eq!(config.queue.ndr_copy_to, None);
+    assert_eq!(config.queue.bounce_original_max, 256 * 1024);
+    assert_eq!(config.queue.min_free_space, 100 * 1024 * 1024);
+    assert!(config.routes.iter().all(|r| r.schedule == iis));
     let up = smtp_route(&config, "up");
     assert_eq!((up.tls, up.port), (TlsMode::StartTls, 587));
     assert_eq!(up.ca_file, None);
@@ -476,6 +537,99 @@ transport = "drop"
         Transport::Drop { path } => assert_eq!(path, Path::new("./smarthost-data/outbox")),
         other => panic!("{other:?}"),
     }
+}
+
+/// A route's `retry`, `delay_notice` and `expire` each replace [queue]'s on their own.
+#[test]
+fn route_schedules_override_the_queue_key_by_key() {
+    let text = r#"
+[[listener]]
+address = "127.0.0.1:25"
+
+[queue]
+retry = ["10m", "1h"]
+delay_notice = "4h"
+expire = "1d"
+
+[[route]]
+name = "inherits"
+domains = ["a.example"]
+transport = "drop"
+
+[[route]]
+name = "retry-only"
+domains = ["b.example"]
+transport = "drop"
+retry = ["1m"]
+
+[[route]]
+name = "never-notify"
+domains = ["c.example"]
+host = "smtp.example"
+delay_notice = "never"
+
+[[route]]
+name = "patient"
+domains = ["*"]
+host = "smtp.example"
+retry = ["5m", "5m", "1h"]
+delay_notice = "2d"
+expire = "5d"
+"#;
+    let config = load(text).unwrap_or_else(|e| panic!("{e}"));
+    let minutes = |list: &[u64]| list.iter().map(|m| Duration::from_secs(m * 60)).collect();
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let queue = RetrySchedule {
+        retry: minutes(&[10, 60]),
+        delay_notice: Some(hours(4)),
+        expire: hours(24),
+    };
+    assert_eq!(config.queue.schedule, queue);
+    let expected = [
+        ("inherits", queue.clone()),
+        (
+            "retry-only",
+            RetrySchedule {
+                retry: minutes(&[1]),
+                ..queue.clone()
+            },
+        ),
+        (
+            "never-notify",
+            RetrySchedule {
+                delay_notice: None,
+                ..queue.clone()
+            },
+        ),
+        (
+            "patient",
+            RetrySchedule {
+                retry: minutes(&[5, 5, 60]),
+                delay_notice: Some(hours(48)),
+                expire: hours(120),
+            },
+        ),
+    ];
+    for (name, schedule) in expected {
+        let route = config.routes.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(route.schedule, schedule, "{name}");
+    }
+}
+
+/// "never" turns the delay notice off, so no expiry is too short for it; zero sizes mean
+/// "headers only" and "no check".
+#[test]
+fn never_and_zero_are_accepted_where_they_mean_something() {
+    let text = format!(
+        "[queue]\ndelay_notice = \"Never\"\nexpire = \"1h\"\nbounce_original_max = 0\n\
+         min_free_space = \"0MiB\"\n{BASE}"
+    );
+    let config = load(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.queue.schedule.delay_notice, None);
+    assert_eq!(config.queue.schedule.expire, Duration::from_secs(3600));
+    assert_eq!(config.queue.bounce_original_max, 0);
+    assert_eq!(config.queue.min_free_space, 0);
+    assert_eq!(config.routes[0].schedule, config.queue.schedule);
 }
 
 #[test]
@@ -626,6 +780,8 @@ fn the_example_file_loads() {
     assert_eq!(auth.mechanism, AuthMechanism::Login);
     assert_eq!(auth.username, "relay@contoso.com");
     assert_eq!(auth.password.expose(), PASSWORD);
+    assert_eq!(config.queue.schedule, RetrySchedule::default());
+    assert_eq!(config.routes[0].schedule, RetrySchedule::default());
 
     let unset = load_str_with_env(EXAMPLE, "smarthost.example.toml", &|_| None).unwrap_err();
     assert_eq!(unset.errors.len(), 1, "{unset}");
@@ -660,9 +816,15 @@ fn the_example_file_documents_every_key() {
 #[test]
 fn the_example_file_shows_the_true_defaults() {
     let (main, _) = EXAMPLE.split_once("# More examples").unwrap();
+    // `ndr_copy_to` has no default; the example shows an address.
+    let queue_defaults: Vec<&str> = keys::QUEUE
+        .iter()
+        .copied()
+        .filter(|key| *key != "ndr_copy_to")
+        .collect();
     let shown_defaults = [
         keys::LIMITS,
-        keys::QUEUE,
+        queue_defaults.as_slice(),
         &["connect_timeout", "command_timeout", "allow_plaintext_auth"],
     ];
     let mut uncommented = 0;
@@ -681,7 +843,7 @@ fn the_example_file_shows_the_true_defaults() {
             }
         })
         .collect();
-    assert_eq!(uncommented, 11);
+    assert_eq!(uncommented, 14);
     let with = load(&text).unwrap_or_else(|e| panic!("{e}"));
     let without = load(EXAMPLE).unwrap();
     assert_eq!(format!("{with:?}"), format!("{without:?}"));
