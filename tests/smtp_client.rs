@@ -684,6 +684,7 @@ where
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_millis(300),
         max_connections: 1,
+        client_cert: None,
     }
 }
 

@@ -197,6 +197,10 @@ fn describe(config: &Config, bound: &[SocketAddr]) -> String {
             .collect();
         let target = match &route.transport {
             Transport::Drop { path } => format!("written as .eml files into {}", path.display()),
+            Transport::Graph(g) => format!(
+                "sent with Microsoft Graph sendMail as {} ({})",
+                g.mailbox, g.base_url
+            ),
             Transport::Smtp(s) => format!(
                 "sent to {}:{} ({})",
                 s.host,

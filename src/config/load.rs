@@ -77,6 +77,10 @@ pub fn default_config() -> Config {
                 path: data_dir.join(defaults::DROP_DIR),
             },
             schedule: defaults::queue().schedule,
+            mode: None,
+            limits: crate::config::MailboxLimits::default(),
+            rewrite_sender: None,
+            accepted_domains: Vec::new(),
         }],
         data_dir,
     }

@@ -106,6 +106,69 @@ pub struct RouteConfig {
     pub transport: Transport,
     /// The route's own `retry`/`delay_notice`/`expire`, each falling back to `[queue]`'s.
     pub schedule: RetrySchedule,
+    /// The Microsoft 365 preset (`mode = ...`) the route was built from, if any.
+    pub mode: Option<M365Mode>,
+    /// What the upstream allows one mailbox (Microsoft counts per mailbox, not per recipient domain).
+    pub limits: MailboxLimits,
+    /// Sender rewriting (the fix for `5.7.60 SendAsDenied`).
+    pub rewrite_sender: Option<SenderRewrite>,
+    /// Recipients outside these domains are refused at RCPT (Direct Send reaches only the tenant's own
+    /// domains). Empty: no restriction. Lower-case.
+    pub accepted_domains: Vec<String>,
+}
+
+/// The Microsoft 365 presets of issue 4; each fills in endpoints and rules, all overridable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum M365Mode {
+    /// smtp.office365.com:587, STARTTLS, authentication required.
+    ClientSubmission,
+    /// `<tenant>.mail.protection.outlook.com:25`, opportunistic TLS, no auth, own tenant only.
+    DirectSend,
+    /// The same MX endpoint, STARTTLS required, client certificate (inbound connector).
+    Connector,
+    /// High Volume Email: smtp.hve.mx.microsoft:587, STARTTLS, password or OAuth.
+    Hve,
+    /// Microsoft Graph sendMail.
+    Graph,
+}
+
+/// A rate: `count` events per `per` (config: `"30/1m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+/// Limits per mailbox (per credential): kept by the relay so the upstream never has to refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxLimits {
+    /// Messages (transactions) per window; `None`: unlimited. Microsoft: 30 per minute.
+    pub message_rate: Option<Rate>,
+    /// Recipients per window; `None`: unlimited. Microsoft: 10,000 per day.
+    pub recipient_rate: Option<Rate>,
+    /// Recipients in one transaction; more are split into several. Microsoft: 500.
+    pub recipients_per_message: usize,
+    /// After a throttling reply (`432 4.3.2`, `4.7.x`), wait this long before the mailbox sends again.
+    pub throttle_backoff: Duration,
+}
+
+impl Default for MailboxLimits {
+    fn default() -> Self {
+        MailboxLimits {
+            message_rate: None,
+            recipient_rate: None,
+            recipients_per_message: 500,
+            throttle_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderRewrite {
+    /// The address put in the envelope sender and the From header.
+    pub address: String,
+    /// Senders that pass unchanged (lower-case); empty: every sender is rewritten.
+    pub allowed_senders: Vec<String>,
 }
 
 /// A recipient-domain pattern: `*` (any), `*.contoso.com` (subdomains), `contoso.com` (exact).
@@ -124,6 +187,22 @@ pub enum Transport {
         path: PathBuf,
     },
     Smtp(SmtpRoute),
+    /// Microsoft Graph `sendMail`.
+    Graph(GraphRoute),
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphRoute {
+    /// `https://graph.microsoft.com/v1.0` (overridable for national clouds and tests).
+    pub base_url: String,
+    /// The mailbox (user id or UPN) whose `sendMail` is called.
+    pub mailbox: String,
+    pub oauth: OAuthConfig,
+    /// Extra trust anchors for the Graph and token endpoints.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Graph allows 4 concurrent requests per app and mailbox.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +218,16 @@ pub struct SmtpRoute {
     pub command_timeout: Duration,
     /// Connections to this upstream at the same time.
     pub max_connections: usize,
+    /// A client certificate presented in TLS (certificate connectors).
+    pub client_cert: Option<ClientCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// PEM: the certificate and its chain.
+    pub certificate: PathBuf,
+    /// PEM: the private key.
+    pub private_key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,13 +246,65 @@ pub enum TlsMode {
 pub enum AuthMechanism {
     Login,
     Plain,
+    /// SASL XOAUTH2 with an OAuth 2.0 access token.
+    XOAuth2,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub mechanism: AuthMechanism,
+    /// The login; for XOAUTH2 the mailbox to send as (`user=`).
     pub username: String,
-    pub password: Secret,
+    pub credential: Credential,
+}
+
+impl AuthConfig {
+    /// The password, for LOGIN and PLAIN.
+    pub fn password(&self) -> Option<&Secret> {
+        match &self.credential {
+            Credential::Password(p) => Some(p),
+            Credential::OAuth(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Password(Secret),
+    OAuth(OAuthConfig),
+}
+
+/// How the relay gets OAuth 2.0 access tokens from Microsoft Entra ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    /// Tenant id or domain (`contoso.onmicrosoft.com`).
+    pub tenant: String,
+    pub client_id: String,
+    pub grant: OAuthGrant,
+    /// `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token` unless overridden.
+    pub token_endpoint: String,
+    /// `https://outlook.office365.com/.default` for SMTP, `https://graph.microsoft.com/.default` for
+    /// Graph, `https://outlook.office.com/SMTP.Send offline_access` for delegated SMTP.
+    pub scope: String,
+    /// Extra trust anchors for the token endpoint.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuthGrant {
+    /// Client credentials with a client secret.
+    ClientSecret(Secret),
+    /// Client credentials with a certificate: a signed JWT client assertion (Microsoft's advice).
+    ClientCertificate {
+        certificate: PathBuf,
+        private_key: PathBuf,
+    },
+    /// Delegated: a person signs in once with the device-code flow (`smarthost oauth login`); the
+    /// refresh token is kept in `token_file` (mode 0600) and renewed.
+    DeviceCode {
+        device_endpoint: String,
+        token_file: PathBuf,
+    },
 }
 
 /// A secret read from the environment or a file. Its `Debug` and `Display` never show it.

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod drop;
+pub mod oauth;
 pub mod smtp;
 
 use crate::config::{RouteConfig, Transport};
@@ -58,6 +59,9 @@ impl Transporter {
     pub fn from_route(route: &RouteConfig, helo_name: &str) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &route.transport {
             Transport::Drop { path } => Transporter::Drop(drop::DropTransport::new(path.clone())),
+            Transport::Graph(_) => {
+                anyhow::bail!("the Microsoft Graph transport is not implemented yet in this build")
+            }
             Transport::Smtp(smtp) => {
                 Transporter::Smtp(smtp::SmtpTransport::new(smtp, helo_name.to_string())?)
             }

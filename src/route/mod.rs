@@ -69,6 +69,10 @@ mod tests {
                 path: PathBuf::from("/tmp"),
             },
             schedule: Default::default(),
+            mode: None,
+            limits: Default::default(),
+            rewrite_sender: None,
+            accepted_domains: Vec::new(),
         }
     }
 

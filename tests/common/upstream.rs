@@ -183,6 +183,7 @@ impl Upstream {
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             max_connections: 3,
+            client_cert: None,
         }
     }
 
@@ -198,7 +199,7 @@ impl Upstream {
             auth: Some(AuthConfig {
                 mechanism,
                 username: user.into(),
-                password: Secret::new(password),
+                credential: smarthost::config::Credential::Password(Secret::new(password)),
             }),
             ..self.route(tls)
         }

@@ -129,6 +129,10 @@ fn route(
         domains,
         transport: transport?,
         schedule,
+        mode: None,
+        limits: crate::config::MailboxLimits::default(),
+        rewrite_sender: None,
+        accepted_domains: Vec::new(),
     })
 }
 
@@ -303,6 +307,7 @@ fn smtp_transport(
         connect_timeout,
         command_timeout,
         max_connections,
+        client_cert: None,
     })
 }
 
@@ -353,7 +358,7 @@ fn auth(report: &mut Report, section: &Section<'_, '_>, env: Env<'_>) -> Option<
     Some(AuthConfig {
         mechanism: mechanism?,
         username: username?,
-        password: password?,
+        credential: crate::config::Credential::Password(password?),
     })
 }
 

@@ -463,7 +463,7 @@ path = "/srv/archive"
     let auth = m365.auth.unwrap();
     assert_eq!(auth.mechanism, AuthMechanism::Plain);
     assert_eq!(auth.username, "relay@contoso.com");
-    assert_eq!(auth.password, Secret::new(PASSWORD));
+    assert_eq!(auth.password().unwrap().clone(), Secret::new(PASSWORD));
 
     assert_eq!(
         config.routes[1].domains,
@@ -696,7 +696,7 @@ fn password_files_lose_their_trailing_line_break() {
         match (load(&text), expected) {
             (Ok(config), Some(want)) => {
                 let auth = smtp_route(&config, "r").auth.unwrap();
-                assert_eq!(auth.password.expose(), *want, "{content:?}");
+                assert_eq!(auth.password().unwrap().expose(), *want, "{content:?}");
             }
             (Err(e), None) => {
                 assert_eq!(e.errors.len(), 1, "{e}");
@@ -720,7 +720,7 @@ fn secrets_appear_neither_in_debug_output_nor_in_errors() {
     );
     let config = load(&text).unwrap();
     assert_eq!(
-        smtp_route(&config, "f").auth.unwrap().password.expose(),
+        smtp_route(&config, "f").auth.unwrap().password().unwrap().expose(),
         PASSWORD
     );
     let debug = format!("{config:?}");
@@ -779,7 +779,7 @@ fn the_example_file_loads() {
     let auth = m365.auth.unwrap();
     assert_eq!(auth.mechanism, AuthMechanism::Login);
     assert_eq!(auth.username, "relay@contoso.com");
-    assert_eq!(auth.password.expose(), PASSWORD);
+    assert_eq!(auth.password().unwrap().expose(), PASSWORD);
     assert_eq!(config.queue.schedule, RetrySchedule::default());
     assert_eq!(config.routes[0].schedule, RetrySchedule::default());
 

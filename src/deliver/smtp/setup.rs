@@ -237,6 +237,12 @@ impl Setup<'_> {
         let name = match auth.mechanism {
             AuthMechanism::Login => "LOGIN",
             AuthMechanism::Plain => "PLAIN",
+            AuthMechanism::XOAuth2 => {
+                self.quit().await;
+                return Err(Failure::transient(
+                    "AUTH XOAUTH2 is not implemented yet in this build".to_string(),
+                ));
+            }
         };
         let command = format!("AUTH {name}");
         let note = if ext.auth.iter().any(|m| m == name) {
@@ -245,7 +251,7 @@ impl Setup<'_> {
             info!(upstream = %self.peer, "AUTH {name} not advertised (offered: {:?}); trying it anyway", ext.auth);
             format!(" (note: the upstream did not advertise AUTH {name})")
         };
-        let password = auth.password.expose();
+        let password = auth.password().map(|p| p.expose()).unwrap_or_default();
         // Each step: (the line sent, what the log shows). `secret` is what a server could echo back.
         let (steps, secret): (Vec<(String, &str)>, String) = match auth.mechanism {
             AuthMechanism::Login => {
@@ -262,6 +268,7 @@ impl Setup<'_> {
                 let steps = vec![(format!("AUTH PLAIN {initial}"), "AUTH PLAIN <redacted>")];
                 (steps, initial)
             }
+            AuthMechanism::XOAuth2 => unreachable!("refused above"),
         };
         let secrets = [secret, password.to_string()];
         let last = steps.len() - 1;
