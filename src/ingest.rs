@@ -95,6 +95,10 @@ impl Store {
         self.clock.now()
     }
 
+    pub fn now_millis(&self) -> u64 {
+        self.clock.now_millis()
+    }
+
     fn check_free_space(&self) -> Result<(), IngestError> {
         if self.min_free_space == 0 {
             return Ok(());

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod deliver;
 pub mod ingest;
+pub mod pickup;
 pub mod queue;
 pub mod route;
 pub mod server;

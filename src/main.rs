@@ -38,6 +38,19 @@ enum Command {
         #[command(subcommand)]
         command: smarthost::cli::badmail::BadmailCommand,
     },
+    /// What an upstream reply means and what to do about it, e.g.
+    /// smarthost explain "550 5.7.30 Basic authentication is not supported" (or only "5.7.30").
+    /// Exit status 0 for a reply smarthost knows, 1 otherwise; "-" reads the reply from stdin.
+    Explain {
+        /// The reply as the server sent it, or its status code; several words are joined.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        reply: Vec<String>,
+    },
+    /// OAuth 2.0 sign-in for routes where a person signs in once (flow = "device-code").
+    Oauth {
+        #[command(subcommand)]
+        command: smarthost::cli::oauth::OauthCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +97,30 @@ fn main() -> ExitCode {
         Command::Badmail { target, command } => {
             control_exit(smarthost::cli::badmail::run(&target, command))
         }
+        Command::Explain { reply } => {
+            let text = if reply == ["-"] {
+                let mut text = String::new();
+                if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                    eprintln!("smarthost: cannot read the reply from stdin: {e}");
+                    return ExitCode::from(2);
+                }
+                text
+            } else {
+                reply.join(" ")
+            };
+            if smarthost::cli::explain::run(&text) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Oauth { command } => match smarthost::cli::oauth::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("smarthost: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
     }
 }
 

@@ -7,6 +7,9 @@ use std::path::Path;
 pub fn run(path: &Path) -> bool {
     match config::load_file(path) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("{warning}");
+            }
             println!(
                 "{}: OK ({} listener(s), {} route(s), data in {})",
                 path.display(),

@@ -2,5 +2,7 @@
 
 pub mod badmail;
 pub mod check_config;
+pub mod explain;
+pub mod oauth;
 pub mod queue;
 pub mod serve;

@@ -12,6 +12,7 @@ use crate::route::Router;
 use crate::server::{self, BoundListener, ServerContext};
 use crate::spool::{Recovered, Spool};
 use anyhow::Context;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -26,6 +27,7 @@ pub struct Running {
     server: tokio::task::JoinHandle<()>,
     runner: tokio::task::JoinHandle<()>,
     control: tokio::task::JoinHandle<std::io::Result<()>>,
+    pickup: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -35,6 +37,7 @@ impl Running {
         let _ = self.server.await;
         let _ = self.runner.await;
         let _ = self.control.await;
+        let _ = self.pickup.await;
     }
 }
 
@@ -47,6 +50,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     // First: a second relay on this data_dir must stop before it touches the spool.
     let control_socket =
         crate::control::server::bind(&crate::control::socket_path(&config.data_dir)).await?;
@@ -54,6 +60,12 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         Spool::open(&config.data_dir)
             .with_context(|| format!("cannot open the spool in {}", config.data_dir.display()))?,
     );
+    let pickup_config = crate::pickup::PickupConfig::new(
+        &config.data_dir,
+        &config.hostname,
+        config.limits.max_message_size,
+    );
+    pickup_config.create_dir()?;
     let router = Router::new(config.routes.clone());
     let transporters = config
         .routes
@@ -133,6 +145,12 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         badmail.clone(),
         ingest.clone(),
     ));
+    let pickup = tokio::spawn(crate::pickup::run(
+        pickup_config,
+        ingest.clone(),
+        badmail.clone(),
+        shutdown_rx.clone(),
+    ));
     let control = tokio::spawn(crate::control::server::serve(
         control_socket,
         control_handler,
@@ -153,6 +171,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         server,
         runner,
         control,
+        pickup,
     })
 }
 
@@ -160,7 +179,12 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config_for_summary = config.clone();
     let running = start(config).await?;
-    println!("{}", describe(&config_for_summary, &running.local_addrs));
+    // A closed stdout (a service manager, a test that stopped reading) must not stop the relay.
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}",
+        describe(&config_for_summary, &running.local_addrs)
+    );
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; undelivered mail stays in the spool");
     running.shutdown().await;

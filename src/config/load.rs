@@ -6,15 +6,29 @@
 //! becomes a [`Config`]. TOML syntax errors stop before validation (the document is then
 //! incomplete and would produce misleading errors), but all of them are reported.
 //!
-//! Secrets are resolved here (`password_env`, `password_file`) and held as [`crate::config::Secret`];
-//! no message repeats a secret's value.
+//! Secrets are resolved here (`password_env`, `password_file`, `client_secret_env`,
+//! `client_secret_file`) and held as [`crate::config::Secret`]; no message repeats a secret's value.
+//! Files the relay will need (CA, client certificates, keys) are checked now, so that a mistake stops
+//! the start and not the first delivery; a client certificate about to expire is a warning
+//! ([`Config::warnings`]), not an error.
+//!
+//! One file per part: `sections` (top level, listeners, limits, queue), `routes` (every route),
+//! `m365` (the `mode` presets), `smtp`, `graph` and `oauth` (the transports and their credentials),
+//! `mailbox` (`[route.limits]`, sender rewriting), `secrets`, `schedule`, `keys` (which keys
+//! exist where), `values` (value syntaxes) and `document` (typed, spanned access and the report).
 
 mod defaults;
 mod document;
+mod graph;
 mod keys;
+mod m365;
+mod mailbox;
+mod oauth;
 mod routes;
 mod schedule;
+mod secrets;
 mod sections;
+mod smtp;
 mod values;
 
 #[cfg(test)]
@@ -70,6 +84,7 @@ pub fn default_config() -> Config {
         }],
         limits: defaults::limits(),
         queue: defaults::queue(),
+        warnings: Vec::new(),
         routes: vec![RouteConfig {
             name: "outbox".to_string(),
             domains: vec![DomainPattern::Any],
@@ -112,8 +127,16 @@ pub fn load_str_with_env(text: &str, source: &str, env: Env<'_>) -> Result<Confi
     let mut report = Report::new(text);
     let (document, syntax_errors) = DeTable::parse_recoverable(text);
     if syntax_errors.is_empty() {
-        let config = sections::config(&mut report, document.get_ref(), env);
+        let mut config = sections::config(&mut report, document.get_ref(), env);
         if !report.has_errors() {
+            config.warnings = report
+                .take_warnings()
+                .into_iter()
+                .map(|w| match w.line {
+                    Some(line) => format!("{source}:{line}: warning: {}", w.message),
+                    None => format!("{source}: warning: {}", w.message),
+                })
+                .collect();
             return Ok(config);
         }
     } else {

@@ -24,6 +24,9 @@ pub struct Config {
     pub queue: QueueConfig,
     /// In the order written; [`crate::route::Router`] picks the most specific match.
     pub routes: Vec<RouteConfig>,
+    /// What is valid but needs attention soon (a client certificate about to expire), each as
+    /// `file:line: warning: message`; `check-config` prints them and `serve` should log them.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -2,9 +2,13 @@
 //! and answers one result per recipient, in the same order.
 
 pub mod classify;
+pub mod connector;
 pub mod drop;
+pub mod graph;
 pub mod oauth;
+pub mod rewrite;
 pub mod smtp;
+pub mod throttle;
 
 use crate::config::{RouteConfig, Transport};
 use std::sync::Arc;
@@ -52,6 +56,7 @@ impl RecipientResult {
 pub enum Transporter {
     Drop(drop::DropTransport),
     Smtp(smtp::SmtpTransport),
+    Graph(graph::GraphTransport),
 }
 
 impl Transporter {
@@ -59,9 +64,7 @@ impl Transporter {
     pub fn from_route(route: &RouteConfig, helo_name: &str) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &route.transport {
             Transport::Drop { path } => Transporter::Drop(drop::DropTransport::new(path.clone())),
-            Transport::Graph(_) => {
-                anyhow::bail!("the Microsoft Graph transport is not implemented yet in this build")
-            }
+            Transport::Graph(graph) => Transporter::Graph(graph::GraphTransport::new(graph)?),
             Transport::Smtp(smtp) => {
                 Transporter::Smtp(smtp::SmtpTransport::new(smtp, helo_name.to_string())?)
             }
@@ -72,6 +75,7 @@ impl Transporter {
         match self {
             Transporter::Drop(t) => t.deliver(msg).await,
             Transporter::Smtp(t) => t.deliver(msg).await,
+            Transporter::Graph(t) => t.deliver(msg).await,
         }
     }
 }

@@ -10,14 +10,18 @@
 //!   the relay's configuration or network, not about the message.
 //! - After a clean transaction the connection is kept for [`IDLE_REUSE`] and reused (after RSET) by the
 //!   next delivery on the route, as Postfix's connection cache does; otherwise it is closed with QUIT.
+//! - XOAUTH2: a 5xx to AUTH drops the access token and the connection; one more connection with a new
+//!   token follows at once (tokens can be revoked or refused before they expire). A second refusal
+//!   defers the recipients with the upstream's reply.
 
 mod connection;
 mod setup;
-mod tls;
+pub(crate) mod tls;
 mod wire;
 
 use super::{OutboundMessage, RecipientResult};
-use crate::config::SmtpRoute;
+use crate::config::{Credential, SmtpRoute};
+use crate::deliver::oauth::TokenProvider;
 use connection::{Connection, Upstream};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,13 +54,20 @@ impl fmt::Debug for SmtpTransport {
 
 impl SmtpTransport {
     /// Builds the TLS configuration once; an unreadable `ca_file` is a start-up error naming the file.
+    /// Routes with OAuth credentials get the shared [`TokenProvider`] of their credential (a bad
+    /// certificate or key is a start-up error too).
     pub fn new(route: &SmtpRoute, helo_name: String) -> anyhow::Result<Self> {
         let config = tls::client_config(route.ca_file.as_deref())?;
+        let tokens = match route.auth.as_ref().map(|auth| &auth.credential) {
+            Some(Credential::OAuth(oauth)) => Some(TokenProvider::shared(oauth)?),
+            _ => None,
+        };
         Ok(SmtpTransport {
             upstream: Arc::new(Upstream {
                 route: route.clone(),
                 helo_name,
                 tls: tokio_rustls::TlsConnector::from(config),
+                tokens,
             }),
             slots: Arc::new(Semaphore::new(route.max_connections.max(1))),
             idle: Arc::new(IdlePool::default()),
@@ -128,12 +139,37 @@ impl SmtpTransport {
             tokio::select! {
                 permit = self.slots.clone().acquire_owned() => {
                     let permit = permit.expect("the semaphore is never closed");
-                    let conn = Connection::connect(&self.upstream).await?;
+                    let conn = self.connect().await?;
                     return Ok((conn, permit));
                 }
                 () = &mut parked => continue,
             }
         }
+    }
+
+    /// A new connection; when the upstream refuses the access token, a second one with a new token.
+    async fn connect(&self) -> Result<Connection, connection::Failure> {
+        let failure = match Connection::connect(&self.upstream).await {
+            Err(failure) if failure.refused_token.is_some() => failure,
+            other => return other,
+        };
+        if let (Some(tokens), Some(token)) = (&self.upstream.tokens, &failure.refused_token) {
+            tokens.invalidate(token);
+        }
+        info!(
+            "{}; trying once more with a new access token on a new connection",
+            failure.reason
+        );
+        Connection::connect(&self.upstream)
+            .await
+            .map_err(|mut again| {
+                if again.refused_token.take().is_some() {
+                    again
+                        .reason
+                        .push_str("; a new access token was refused as well");
+                }
+                again
+            })
     }
 
     fn park(&self, conn: Connection, permit: OwnedSemaphorePermit) {

@@ -18,7 +18,8 @@ pub mod view;
 
 use crate::bounce::badmail::Badmail;
 use crate::config::{QueueConfig, RetrySchedule};
-use crate::deliver::{OutboundMessage, RecipientResult, Transporter};
+use crate::deliver::throttle::{self, MailboxThrottle, Throttles};
+use crate::deliver::{OutboundMessage, RecipientResult, Transporter, rewrite};
 use crate::ingest::Store;
 use crate::route::Router;
 use crate::spool::{AttemptRecord, Envelope, HISTORY_KEPT, RecipientState};
@@ -51,6 +52,8 @@ struct Inner {
     transporters: Vec<Arc<Transporter>>,
     config: QueueConfig,
     badmail: Arc<Badmail>,
+    /// The mailbox throttle of each route (routes sending as one mailbox share one).
+    throttles: Vec<Arc<MailboxThrottle>>,
     schedule: Mutex<Schedule>,
     wake: Notify,
     cached_bytes: AtomicU64,
@@ -82,6 +85,12 @@ impl Queue {
         badmail: Arc<Badmail>,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_deliveries.max(1)));
+        let registry = Throttles::default();
+        let throttles = router
+            .routes()
+            .iter()
+            .map(|route| registry.for_route(route))
+            .collect();
         Queue {
             inner: Arc::new(Inner {
                 store,
@@ -89,6 +98,7 @@ impl Queue {
                 transporters,
                 config,
                 badmail,
+                throttles,
                 schedule: Mutex::new(Schedule::default()),
                 wake: Notify::new(),
                 cached_bytes: AtomicU64::new(0),
@@ -99,6 +109,10 @@ impl Queue {
 
     fn now(&self) -> u64 {
         self.inner.store.now()
+    }
+
+    fn now_millis(&self) -> u64 {
+        self.inner.store.now_millis()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
@@ -298,57 +312,46 @@ impl Queue {
             at: now,
             results: Vec::new(),
         };
+        // Earliest moment (Unix ms) a mailbox limit lets held-back recipients go.
+        let mut throttled_until: Option<u64> = None;
         for (route, members) in groups {
-            let recipients: Vec<String> = members
-                .iter()
-                .map(|&i| envelope.recipients[i].address.clone())
-                .collect();
-            let message = OutboundMessage {
-                queue_id: &id,
-                sender: &envelope.sender,
-                recipients: &recipients,
-                content: &content,
-                smtputf8: envelope.smtputf8,
-                eight_bit: envelope.eight_bit,
-            };
-            let route_name = &self.inner.router.routes()[route].name;
-            let results = self.inner.transporters[route].deliver(&message).await;
-            let at = self.now();
-            for (k, &index) in members.iter().enumerate() {
-                let result = results
-                    .get(k)
-                    .cloned()
-                    .unwrap_or(RecipientResult::Deferred {
-                        reason: "transport returned no result for this recipient".into(),
-                    });
-                let rcpt = &mut envelope.recipients[index];
-                log_result(&id, &envelope.sender, &rcpt.address, route_name, &result);
-                let (state, outcome) = match result {
-                    RecipientResult::Delivered { reply } => (
-                        RecipientState::Delivered {
-                            reply: reply.clone(),
-                            at,
-                        },
-                        format!("delivered: {reply}"),
-                    ),
-                    RecipientResult::Deferred { reason } => (
-                        RecipientState::Deferred {
-                            reason: reason.clone(),
-                            at,
-                        },
-                        format!("deferred: {reason}"),
-                    ),
-                    RecipientResult::Failed { reason } => (
-                        RecipientState::Failed {
-                            reason: reason.clone(),
-                            at,
-                        },
-                        format!("failed: {reason}"),
-                    ),
+            let throttle = &self.inner.throttles[route];
+            let per_message = throttle.limits().recipients_per_message.max(1);
+            // More recipients than one transaction may carry: several transactions.
+            for chunk in members.chunks(per_message) {
+                let reservation = match throttle.reserve(chunk.len() as u32, self.now_millis()) {
+                    Ok(r) => r,
+                    Err(wait) => {
+                        let at = self.now();
+                        for &index in chunk {
+                            envelope.recipients[index].state = RecipientState::Deferred {
+                                reason: wait.reason.clone(),
+                                at,
+                            };
+                        }
+                        throttled_until = Some(
+                            throttled_until.map_or(wait.until_millis, |t| t.min(wait.until_millis)),
+                        );
+                        continue;
+                    }
                 };
-                rcpt.state = state;
-                record.results.push((rcpt.address.clone(), outcome));
+                let results = self.deliver_chunk(&envelope, &content, route, chunk).await;
+                reservation.complete(self.now_millis());
+                if results.iter().any(|r| {
+                    matches!(r, RecipientResult::Deferred { reason } if throttle::is_throttling(reason))
+                }) {
+                    throttle.pause(self.now_millis());
+                }
+                self.record_results(&mut envelope, route, chunk, results, &mut record);
             }
+        }
+        if record.results.is_empty() && throttled_until.is_some() {
+            // Nothing was tried: every recipient waits for a mailbox limit. That is no attempt, and
+            // nothing changed that the spool must know.
+            let next = throttled_until.unwrap_or(0).div_ceil(1000);
+            tracing::debug!(queue_id = %id, "held back by a mailbox limit");
+            self.reschedule(envelope, next);
+            return;
         }
         envelope.attempts += 1;
         record.at = self.now();
@@ -389,10 +392,105 @@ impl Queue {
             })
             .min()
             .unwrap_or(now + 1);
+        let next = match throttled_until {
+            Some(until) => next.min(until.div_ceil(1000)),
+            None => next,
+        };
         envelope.next_attempt = next;
         self.write_envelope(&envelope).await;
         tracing::info!(queue_id = %id, attempts = envelope.attempts, retry_in_seconds = next - now, "message deferred");
         self.reschedule(envelope, next);
+    }
+
+    /// Hands some recipients of a message to their route's transport.
+    async fn deliver_chunk(
+        &self,
+        envelope: &Envelope,
+        content: &[u8],
+        route: usize,
+        chunk: &[usize],
+    ) -> Vec<RecipientResult> {
+        let recipients: Vec<String> = chunk
+            .iter()
+            .map(|&i| envelope.recipients[i].address.clone())
+            .collect();
+        // Sender rewriting (the fix for 5.7.60 SendAsDenied) happens per attempt, on a copy: the
+        // spool keeps the message as it was accepted.
+        let rewritten = self.inner.router.routes()[route]
+            .rewrite_sender
+            .as_ref()
+            .and_then(|rule| rewrite::rewrite_sender(content, &envelope.sender, rule));
+        let (sender, content, smtputf8) = match &rewritten {
+            Some((sender, content)) => (
+                sender.as_str(),
+                content.as_slice(),
+                envelope.smtputf8 || !sender.is_ascii(),
+            ),
+            None => (envelope.sender.as_str(), content, envelope.smtputf8),
+        };
+        let message = OutboundMessage {
+            queue_id: &envelope.id,
+            sender,
+            recipients: &recipients,
+            content,
+            smtputf8,
+            eight_bit: envelope.eight_bit,
+        };
+        self.inner.transporters[route].deliver(&message).await
+    }
+
+    /// Records a transport's results in the recipients' states, the log and the attempt record.
+    fn record_results(
+        &self,
+        envelope: &mut Envelope,
+        route: usize,
+        chunk: &[usize],
+        results: Vec<RecipientResult>,
+        record: &mut AttemptRecord,
+    ) {
+        let route_name = &self.inner.router.routes()[route].name;
+        let at = self.now();
+        for (k, &index) in chunk.iter().enumerate() {
+            let result = results
+                .get(k)
+                .cloned()
+                .unwrap_or(RecipientResult::Deferred {
+                    reason: "transport returned no result for this recipient".into(),
+                });
+            let rcpt = &mut envelope.recipients[index];
+            log_result(
+                &envelope.id,
+                &envelope.sender,
+                &rcpt.address,
+                route_name,
+                &result,
+            );
+            let (state, outcome) = match result {
+                RecipientResult::Delivered { reply } => (
+                    RecipientState::Delivered {
+                        reply: reply.clone(),
+                        at,
+                    },
+                    format!("delivered: {reply}"),
+                ),
+                RecipientResult::Deferred { reason } => (
+                    RecipientState::Deferred {
+                        reason: reason.clone(),
+                        at,
+                    },
+                    format!("deferred: {reason}"),
+                ),
+                RecipientResult::Failed { reason } => (
+                    RecipientState::Failed {
+                        reason: reason.clone(),
+                        at,
+                    },
+                    format!("failed: {reason}"),
+                ),
+            };
+            rcpt.state = state;
+            record.results.push((rcpt.address.clone(), outcome));
+        }
     }
 
     /// Recipients still deferred after their route's expiry fail, with the last reason kept.

@@ -351,11 +351,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 ),
             ));
         }
-        if self.context.router.route_for(&address).is_none() {
+        let Some(route) = self.context.router.route_for(&address) else {
             return self.error_reply(Reply::new(
                 550,
                 format!("5.7.1 Relaying denied: no route for the domain of <{address}>"),
             ));
+        };
+        if let Some(refusal) =
+            outside_accepted_domains(&self.context.router.routes()[route], &address)
+        {
+            tracing::info!(client = %self.peer, to = %address, "recipient outside the route's accepted_domains");
+            return self.error_reply(refusal);
         }
         if duplicate {
             self.queue_reply(&Reply::new(250, "2.1.5 Recipient OK (duplicate)"));
@@ -469,4 +475,32 @@ enum Next {
 
 fn memchr_lf(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
+}
+
+/// The refusal of a recipient outside its route's `accepted_domains` (exact domains,
+/// case-insensitive; subdomains are not included): refused now rather than bounced later, since
+/// Direct Send can reach only the tenant's own domains.
+fn outside_accepted_domains(route: &crate::config::RouteConfig, address: &str) -> Option<Reply> {
+    if route.accepted_domains.is_empty() {
+        return None;
+    }
+    let domain = crate::route::recipient_domain(address).unwrap_or_default();
+    if route.accepted_domains.contains(&domain) {
+        return None;
+    }
+    let domains = route.accepted_domains.join(", ");
+    let text = if route.mode == Some(crate::config::M365Mode::DirectSend) {
+        format!(
+            "5.7.1 Direct Send through route {} can only deliver to {domains}; <{address}> is \
+             outside them (Direct Send reaches only the tenant's own accepted domains)",
+            route.name
+        )
+    } else {
+        format!(
+            "5.7.1 Route {} can only deliver to {domains}; <{address}> is outside them (its \
+             accepted_domains)",
+            route.name
+        )
+    };
+    Some(Reply::new(550, text))
 }

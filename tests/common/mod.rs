@@ -5,4 +5,6 @@
 pub mod certs;
 pub mod client;
 pub mod dsn;
+pub mod graph_mock;
+pub mod token_endpoint;
 pub mod upstream;

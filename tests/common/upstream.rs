@@ -13,16 +13,30 @@
 //! credentials are set. Replies can be scripted per recipient, for MAIL, for the end of DATA and for the
 //! greeting; the configuration can be changed while it runs ([`Upstream::configure`]), and the server can
 //! be taken down and brought back on the same port ([`Upstream::go_down`], [`Upstream::go_up`]).
+//!
+//! Exchange Online behaviour (client submission, `smtp.office365.com`), each an option:
+//! - AUTH XOAUTH2 ([`UpstreamConfig::with_xoauth2`]): the bearer token must be in a [`ValidTokens`] set
+//!   (filled by the mock token endpoint, `token_endpoint.rs`) and `user=` one of the mailboxes;
+//!   otherwise `535 5.7.3 Authentication unsuccessful` (or the 334 error-challenge dance first).
+//!   `reject_xoauth2` refuses the next N valid tokens too (a revoked token); `hve_min_token_lifetime`
+//!   answers `501 5.5.127` to tokens about to expire, like High Volume Email.
+//! - `password_auth_reply`: every AUTH PLAIN/LOGIN gets this reply (`535 5.7.139 ...` or `550 5.7.30 ...`).
+//! - `require_auth`: `530 5.7.57` at MAIL FROM before AUTH; `require_tls_for_auth`: AUTH only after TLS.
+//! - `enforce_send_as`: `550 5.7.60` when MAIL FROM is not the authenticated mailbox.
+//! - `max_connections_per_user`: `432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded` at MAIL
+//!   when the mailbox has more authenticated connections open; `message_rate`: N messages per window
+//!   per mailbox, then `rate_limit_reply`. Every refusal for a limit is counted ([`Upstream::breaches`])
+//!   so tests can assert that the relay kept the limits itself.
 
 use super::certs::TestPki;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use smarthost::config::{AuthConfig, AuthMechanism, Secret, SmtpRoute, TlsMode};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
@@ -59,6 +73,81 @@ pub struct UpstreamConfig {
     pub data_reply: Option<String>,
     /// Close the connection after `354`, in the middle of the content.
     pub close_during_data: bool,
+    /// Offer and accept AUTH XOAUTH2 with these tokens; `None`: XOAUTH2 is not offered.
+    pub xoauth2_tokens: Option<ValidTokens>,
+    /// The mailboxes XOAUTH2 may name in `user=` (lower-case); empty: any.
+    pub xoauth2_users: Vec<String>,
+    /// Refuse this many more XOAUTH2 attempts even with a valid token (a revoked token).
+    pub reject_xoauth2: u32,
+    /// Answer a failed XOAUTH2 first with `334 <base64 JSON error>` (as Gmail does), then the failure.
+    pub xoauth2_error_challenge: bool,
+    /// The reply to a refused XOAUTH2.
+    pub xoauth2_failure_reply: String,
+    /// High Volume Email: tokens with less than this many seconds left get `501 5.5.127`.
+    pub hve_min_token_lifetime: Option<u64>,
+    /// Every AUTH PLAIN/LOGIN gets this reply, whatever the credentials (Basic auth switched off).
+    pub password_auth_reply: Option<String>,
+    /// `550 5.7.60` when MAIL FROM is not the authenticated user.
+    pub enforce_send_as: bool,
+    /// Authenticated connections one mailbox may have open; more get `432 4.3.2` at MAIL.
+    pub max_connections_per_user: Option<usize>,
+    /// Messages per mailbox per window: `(count, window)`; more get `rate_limit_reply` at MAIL.
+    pub message_rate: Option<(usize, Duration)>,
+    pub rate_limit_reply: String,
+}
+
+/// Access tokens the upstream accepts, with their expiry (Unix seconds); shared with the mock token
+/// endpoint, which adds every token it issues.
+#[derive(Clone, Default)]
+pub struct ValidTokens(Arc<Mutex<HashMap<String, u64>>>);
+
+impl std::fmt::Debug for ValidTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ValidTokens({} tokens)", self.0.lock().unwrap().len())
+    }
+}
+
+impl ValidTokens {
+    pub fn insert(&self, token: &str, expires_at: u64) {
+        self.0.lock().unwrap().insert(token.to_string(), expires_at);
+    }
+
+    /// When the token expires, if it is known.
+    pub fn expires_at(&self, token: &str) -> Option<u64> {
+        self.0.lock().unwrap().get(token).copied()
+    }
+
+    pub fn revoke(&self, token: &str) {
+        self.0.lock().unwrap().remove(token);
+    }
+
+    pub fn revoke_all(&self) {
+        self.0.lock().unwrap().clear();
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+/// Refusals the upstream gave for its limits: a relay that keeps the limits causes none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Breaches {
+    /// `432 4.3.2` for too many connections of one mailbox.
+    pub connections: u64,
+    /// Over `message_rate`.
+    pub rate: u64,
+}
+
+/// One AUTH exchange as the upstream saw it (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthAttempt {
+    pub mechanism: String,
+    pub user: String,
+    pub accepted: bool,
+    /// The length of the command line that carried the initial response.
+    pub line_len: usize,
+    pub connection: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -79,6 +168,17 @@ impl Default for UpstreamConfig {
             rcpt_replies: HashMap::new(),
             data_reply: None,
             close_during_data: false,
+            xoauth2_tokens: None,
+            xoauth2_users: Vec::new(),
+            reject_xoauth2: 0,
+            xoauth2_error_challenge: false,
+            xoauth2_failure_reply: "535 5.7.3 Authentication unsuccessful".into(),
+            hve_min_token_lifetime: None,
+            password_auth_reply: None,
+            enforce_send_as: false,
+            max_connections_per_user: None,
+            message_rate: None,
+            rate_limit_reply: "451 4.7.500 Server busy. Please try again later.".into(),
         }
     }
 }
@@ -87,6 +187,15 @@ impl UpstreamConfig {
     /// Accept these credentials and require AUTH before MAIL.
     pub fn with_credentials(mut self, user: &str, password: &str) -> Self {
         self.credentials = Some((user.into(), password.into()));
+        self.require_auth = true;
+        self
+    }
+
+    /// Accept AUTH XOAUTH2 with tokens from `tokens` for these mailboxes (empty: any), require AUTH
+    /// before MAIL, and offer no password mechanism (unless credentials are set too).
+    pub fn with_xoauth2(mut self, tokens: &ValidTokens, users: &[&str]) -> Self {
+        self.xoauth2_tokens = Some(tokens.clone());
+        self.xoauth2_users = users.iter().map(|u| u.to_ascii_lowercase()).collect();
         self.require_auth = true;
         self
     }
@@ -133,6 +242,12 @@ struct State {
     connections: AtomicU64,
     sessions: Mutex<Vec<AbortHandle>>,
     received: tokio::sync::Notify,
+    auth_attempts: Mutex<Vec<AuthAttempt>>,
+    /// Authenticated connections open per mailbox (lower-case), and the most seen at once.
+    open_per_user: Mutex<HashMap<String, (usize, usize)>>,
+    /// When each mailbox's recent messages were accepted, for `message_rate`.
+    sent_per_user: Mutex<HashMap<String, VecDeque<tokio::time::Instant>>>,
+    breaches: Mutex<Breaches>,
 }
 
 impl Upstream {
@@ -150,6 +265,10 @@ impl Upstream {
             connections: AtomicU64::new(0),
             sessions: Mutex::new(Vec::new()),
             received: tokio::sync::Notify::new(),
+            auth_attempts: Mutex::new(Vec::new()),
+            open_per_user: Mutex::new(HashMap::new()),
+            sent_per_user: Mutex::new(HashMap::new()),
+            breaches: Mutex::new(Breaches::default()),
         });
         let listener = listen("127.0.0.1:0".parse().unwrap());
         let addr = listener.local_addr().unwrap();
@@ -221,6 +340,26 @@ impl Upstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Every AUTH exchange so far, in order.
+    pub fn auth_attempts(&self) -> Vec<AuthAttempt> {
+        self.state.auth_attempts.lock().unwrap().clone()
+    }
+
+    /// Refusals for limits so far.
+    pub fn breaches(&self) -> Breaches {
+        *self.state.breaches.lock().unwrap()
+    }
+
+    /// The most authenticated connections `user` had open at once.
+    pub fn max_open_connections(&self, user: &str) -> usize {
+        self.state
+            .open_per_user
+            .lock()
+            .unwrap()
+            .get(&user.to_ascii_lowercase())
+            .map_or(0, |&(_, max)| max)
     }
 
     /// Waits until at least `n` messages were received; panics after `timeout` with what there is.
@@ -310,9 +449,50 @@ struct Session {
     id: u64,
     tls: bool,
     auth_user: Option<String>,
+    /// Counts this connection as open for its mailbox until the session ends.
+    user_slot: Option<UserSlot>,
     tx: Option<ReceivedMessage>,
     /// A 421 was sent: close after this command.
     closing: bool,
+}
+
+/// One authenticated connection of a mailbox; dropping it (the session ends) frees it.
+struct UserSlot {
+    state: Arc<State>,
+    user: String,
+}
+
+impl UserSlot {
+    fn take(state: &Arc<State>, user: &str) -> Self {
+        let user = user.to_ascii_lowercase();
+        let mut open = state.open_per_user.lock().unwrap();
+        let entry = open.entry(user.clone()).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 = entry.1.max(entry.0);
+        UserSlot {
+            state: Arc::clone(state),
+            user,
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.state.open_per_user.lock().unwrap()[&self.user].0
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if let Some(entry) = self.state.open_per_user.lock().unwrap().get_mut(&self.user) {
+            entry.0 -= 1;
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 enum Next {
@@ -330,6 +510,7 @@ async fn session(state: Arc<State>, tcp: TcpStream, id: u64) -> std::io::Result<
         id,
         tls: false,
         auth_user: None,
+        user_slot: None,
         tx: None,
         closing: false,
     };
@@ -443,8 +624,17 @@ impl Session {
                     if config.starttls && !self.tls {
                         lines.push("STARTTLS".into());
                     }
-                    if config.credentials.is_some() && (self.tls || !config.require_tls_for_auth) {
-                        lines.push("AUTH PLAIN LOGIN".into());
+                    if self.tls || !config.require_tls_for_auth {
+                        let mut mechanisms = Vec::new();
+                        if config.credentials.is_some() || config.password_auth_reply.is_some() {
+                            mechanisms.push("PLAIN LOGIN");
+                        }
+                        if config.xoauth2_tokens.is_some() {
+                            mechanisms.push("XOAUTH2");
+                        }
+                        if !mechanisms.is_empty() {
+                            lines.push(format!("AUTH {}", mechanisms.join(" ")));
+                        }
                     }
                     let last = lines.len() - 1;
                     let text: String = lines
@@ -479,6 +669,30 @@ impl Session {
                         .await?;
                     } else if self.tx.is_some() {
                         self.reply(io, "503 5.5.1 Sender already specified").await?;
+                    } else if config.enforce_send_as
+                        && self
+                            .auth_user
+                            .as_ref()
+                            .is_some_and(|u| !u.eq_ignore_ascii_case(&sender))
+                    {
+                        self.reply(
+                            io,
+                            "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+                        )
+                        .await?;
+                    } else if config
+                        .max_connections_per_user
+                        .is_some_and(|max| self.user_slot.as_ref().is_some_and(|s| s.open() > max))
+                    {
+                        self.state.breaches.lock().unwrap().connections += 1;
+                        self.reply(
+                            io,
+                            "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+                        )
+                        .await?;
+                    } else if self.over_rate(&config) {
+                        self.state.breaches.lock().unwrap().rate += 1;
+                        self.reply(io, &config.rate_limit_reply).await?;
                     } else if let Some(custom) = &config.mail_reply {
                         self.reply(io, custom).await?;
                     } else if let Some(size) = mail_params
@@ -555,6 +769,18 @@ impl Session {
                         )
                     });
                     if answer.starts_with('2') {
+                        let user = self
+                            .auth_user
+                            .clone()
+                            .unwrap_or_default()
+                            .to_ascii_lowercase();
+                        self.state
+                            .sent_per_user
+                            .lock()
+                            .unwrap()
+                            .entry(user)
+                            .or_default()
+                            .push_back(tokio::time::Instant::now());
                         self.state.messages.lock().unwrap().push(tx);
                         self.state.received.notify_waiters();
                     }
@@ -579,15 +805,53 @@ impl Session {
         Ok(Next::Close)
     }
 
+    /// Whether the authenticated mailbox already sent `message_rate` messages in the window.
+    fn over_rate(&self, config: &UpstreamConfig) -> bool {
+        let Some((count, window)) = config.message_rate else {
+            return false;
+        };
+        let user = self
+            .auth_user
+            .clone()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let mut sent = self.state.sent_per_user.lock().unwrap();
+        let times = sent.entry(user).or_default();
+        let now = tokio::time::Instant::now();
+        while times
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= window)
+        {
+            times.pop_front();
+        }
+        times.len() >= count
+    }
+
+    fn record_auth(&self, mechanism: &str, user: &str, accepted: bool, line_len: usize) {
+        self.state.auth_attempts.lock().unwrap().push(AuthAttempt {
+            mechanism: mechanism.into(),
+            user: user.into(),
+            accepted,
+            line_len,
+            connection: self.id,
+        });
+    }
+
+    fn authenticated(&mut self, user: &str) {
+        self.auth_user = Some(user.to_string());
+        self.user_slot = Some(UserSlot::take(&self.state, user));
+    }
+
     async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut BufReader<S>,
         config: &UpstreamConfig,
         arg: &str,
     ) -> std::io::Result<()> {
-        let Some((user, password)) = &config.credentials else {
+        let password_auth = config.credentials.is_some() || config.password_auth_reply.is_some();
+        if !password_auth && config.xoauth2_tokens.is_none() {
             return self.reply(io, "503 5.5.1 AUTH not available").await;
-        };
+        }
         if config.require_tls_for_auth && !self.tls {
             return self
                 .reply(io, "530 5.7.0 Must issue a STARTTLS command first")
@@ -596,6 +860,7 @@ impl Session {
         if self.auth_user.is_some() {
             return self.reply(io, "503 5.5.1 Already authenticated").await;
         }
+        let line_len = "AUTH ".len() + arg.len();
         let mut words = arg.split_whitespace();
         let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
         let initial = words.next().map(String::from);
@@ -605,6 +870,14 @@ impl Session {
                 .ok()
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
         };
+        if mechanism == "XOAUTH2" {
+            return self.xoauth2(io, config, initial, line_len).await;
+        }
+        if !password_auth {
+            return self
+                .reply(io, "504 5.7.4 Unrecognized authentication type")
+                .await;
+        }
         let (given_user, given_password) = match mechanism.as_str() {
             "PLAIN" => {
                 let response = match initial {
@@ -637,13 +910,95 @@ impl Session {
                     .await;
             }
         };
-        if &given_user == user && &given_password == password {
-            self.auth_user = Some(given_user);
+        if let Some(refusal) = &config.password_auth_reply {
+            self.record_auth(&mechanism, &given_user, false, line_len);
+            return self.reply(io, refusal).await;
+        }
+        let ok = config
+            .credentials
+            .as_ref()
+            .is_some_and(|(user, password)| &given_user == user && &given_password == password);
+        self.record_auth(&mechanism, &given_user, ok, line_len);
+        if ok {
+            self.authenticated(&given_user);
             self.reply(io, "235 2.7.0 Authentication successful").await
         } else {
             self.reply(io, "535 5.7.3 Authentication unsuccessful")
                 .await
         }
+    }
+
+    /// SASL XOAUTH2, with the initial response in the command or after `334 `.
+    async fn xoauth2<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        config: &UpstreamConfig,
+        initial: Option<String>,
+        mut line_len: usize,
+    ) -> std::io::Result<()> {
+        let Some(tokens) = &config.xoauth2_tokens else {
+            return self
+                .reply(io, "504 5.7.4 Unrecognized authentication type")
+                .await;
+        };
+        let response = match initial {
+            Some(r) => r,
+            None => {
+                self.reply(io, "334 ").await?;
+                let line = read_line(io).await?.unwrap_or_default();
+                line_len = line.len();
+                line
+            }
+        };
+        let (user, token) = BASE64
+            .decode(response.trim())
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .and_then(|text| {
+                let mut user = None;
+                let mut token = None;
+                for pair in text.split('\x01') {
+                    if let Some(u) = pair.strip_prefix("user=") {
+                        user = Some(u.to_string());
+                    } else if let Some(t) = pair.strip_prefix("auth=Bearer ") {
+                        token = Some(t.to_string());
+                    }
+                }
+                Some((user?, token?))
+            })
+            .unwrap_or_default();
+        let expires_at = tokens.expires_at(&token);
+        let user_ok = !user.is_empty()
+            && (config.xoauth2_users.is_empty()
+                || config.xoauth2_users.contains(&user.to_ascii_lowercase()));
+        let mut ok = user_ok && expires_at.is_some_and(|at| at > unix_now());
+        if ok
+            && let (Some(min), Some(at)) = (config.hve_min_token_lifetime, expires_at)
+            && at < unix_now() + min
+        {
+            self.record_auth("XOAUTH2", &user, false, line_len);
+            return self
+                .reply(
+                    io,
+                    "501 5.5.127 Authentication unsuccessful. Token will expire soon",
+                )
+                .await;
+        }
+        if ok && config.reject_xoauth2 > 0 {
+            self.state.config.lock().unwrap().reject_xoauth2 -= 1;
+            ok = false;
+        }
+        self.record_auth("XOAUTH2", &user, ok, line_len);
+        if ok {
+            self.authenticated(&user);
+            return self.reply(io, "235 2.7.0 Authentication successful").await;
+        }
+        if config.xoauth2_error_challenge {
+            let details = BASE64.encode(r#"{"status":"401","schemes":"bearer","scope":"https://outlook.office365.com/.default"}"#);
+            self.reply(io, &format!("334 {details}")).await?;
+            let _ = read_line(io).await?;
+        }
+        self.reply(io, &config.xoauth2_failure_reply).await
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::ConfigError;
 use super::values;
+use crate::config::Rate;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
@@ -23,6 +24,8 @@ pub struct Report {
     /// Byte offset where each line starts; line `n` (1-based) starts at `line_starts[n - 1]`.
     line_starts: Vec<usize>,
     errors: Vec<ConfigError>,
+    /// Not wrong, but soon to be (a certificate about to expire): shown, not refused.
+    warnings: Vec<ConfigError>,
 }
 
 impl Report {
@@ -33,6 +36,7 @@ impl Report {
         Report {
             line_starts,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -46,6 +50,21 @@ impl Report {
             line,
             message: message.into(),
         });
+    }
+
+    pub fn warning(&mut self, span: &Span, message: impl Into<String>) {
+        let line = Some(self.line(span.start));
+        self.warnings.push(ConfigError {
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// In file order.
+    pub fn take_warnings(&mut self) -> Vec<ConfigError> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|e| (e.line.is_none(), e.line.unwrap_or(0)));
+        warnings
     }
 
     /// For what is missing from the whole file, and so has no line.
@@ -383,6 +402,31 @@ impl Report {
             Ok(duration) => Some(duration),
             Err(message) => {
                 self.error(span, format!("`{}`: {message}", section.name(key)));
+                None
+            }
+        }
+    }
+
+    /// A rate such as `"30/1m"`, or `"unlimited"` (`Some(None)`). `None` when absent or unusable.
+    pub fn rate(&mut self, section: &Section<'_, '_>, key: &str) -> Option<At<Option<Rate>>> {
+        let value = section.get(key)?;
+        let DeValue::String(text) = value.get_ref() else {
+            self.wrong_type(
+                section,
+                key,
+                value,
+                "a rate such as \"30/1m\", or \"unlimited\"",
+                value.get_ref(),
+            );
+            return None;
+        };
+        match values::parse_rate(text) {
+            Ok(rate) => Some(At {
+                value: rate,
+                span: value.span(),
+            }),
+            Err(message) => {
+                self.error(&value.span(), format!("`{}`: {message}", section.name(key)));
                 None
             }
         }

@@ -29,9 +29,13 @@ pub const ROUTE: &[&str] = &[
     "name",
     "domains",
     "transport",
+    "mode",
     "retry",
     "delay_notice",
     "expire",
+    "limits",
+    "rewrite_sender",
+    "allowed_senders",
 ];
 /// Keys of a `transport = "drop"` route only.
 pub const ROUTE_DROP: &[&str] = &["path"];
@@ -46,8 +50,51 @@ pub const ROUTE_SMTP: &[&str] = &[
     "max_connections",
     "allow_plaintext_auth",
     "auth",
+    "oauth",
+    "tenant_domain",
+    "accepted_domains",
+    "client_certificate",
+    "client_private_key",
+];
+/// Keys of a `transport = "graph"` route only.
+pub const ROUTE_GRAPH: &[&str] = &[
+    "mailbox",
+    "graph_base_url",
+    "timeout",
+    "ca_file",
+    "max_connections",
+    "auth",
+    "oauth",
+];
+/// The transports and their own keys, for "only for transport = ..." messages.
+pub const TRANSPORT_KEYS: &[(&str, &[&str])] = &[
+    ("smtp", ROUTE_SMTP),
+    ("graph", ROUTE_GRAPH),
+    ("drop", ROUTE_DROP),
+];
+pub const ROUTE_LIMITS: &[&str] = &[
+    "max_connections",
+    "message_rate",
+    "recipient_rate",
+    "recipients_per_message",
+    "throttle_backoff",
 ];
 pub const AUTH: &[&str] = &["mechanism", "username", "password_env", "password_file"];
+pub const OAUTH: &[&str] = &[
+    "tenant",
+    "client_id",
+    "flow",
+    "client_secret_env",
+    "client_secret_file",
+    "certificate_file",
+    "private_key_file",
+    "authority_host",
+    "token_endpoint",
+    "device_endpoint",
+    "token_file",
+    "scope",
+    "ca_file",
+];
 
 /// Every table as written in the file, with its keys.
 pub const SECTIONS: &[(&str, &[&str])] = &[
@@ -58,7 +105,10 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     ("[[route]]", ROUTE),
     ("[[route]]", ROUTE_DROP),
     ("[[route]]", ROUTE_SMTP),
+    ("[[route]]", ROUTE_GRAPH),
+    ("[route.limits]", ROUTE_LIMITS),
     ("[route.auth]", AUTH),
+    ("[route.oauth]", OAUTH),
 ];
 
 /// Reports every key of `section` that is in none of `known`.
@@ -76,6 +126,14 @@ pub fn check(report: &mut Report, section: &Section<'_, '_>, known: &[&[&str]]) 
 }
 
 fn hint(key: &str, header: &str, known: &[&[&str]]) -> Option<String> {
+    if header == "[route.oauth]" && ["client_secret", "secret", "password"].contains(&key) {
+        return Some(
+            "the client secret is read from the environment variable named by \
+             `client_secret_env` or from the file named by `client_secret_file`, never from this \
+             file"
+                .to_string(),
+        );
+    }
     if header == "[route.auth]" && ["password", "pass", "secret"].contains(&key) {
         return Some(
             "the password is read from the environment variable named by `password_env` or \
@@ -89,6 +147,24 @@ fn hint(key: &str, header: &str, known: &[&[&str]]) -> Option<String> {
              retry = [\"15m\", \"30m\", \"60m\", \"240m\"]"
                 .to_string(),
         );
+    }
+    // Names other tools use for the same thing (Entra's portal, other relays' files).
+    const ALIASES: &[(&str, &str)] = &[
+        ("tenant_id", "tenant"),
+        ("directory_id", "tenant"),
+        ("app_id", "client_id"),
+        ("application_id", "client_id"),
+        ("user", "username"),
+        ("from", "rewrite_sender"),
+        ("sender", "rewrite_sender"),
+        ("certificate", "client_certificate"),
+        ("private_key", "client_private_key"),
+    ];
+    if let Some((_, name)) = ALIASES
+        .iter()
+        .find(|(alias, name)| *alias == key && known.iter().any(|keys| keys.contains(name)))
+    {
+        return Some(format!("did you mean `{name}`?"));
     }
     let closest = known
         .iter()

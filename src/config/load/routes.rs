@@ -1,14 +1,12 @@
-//! `[[route]]` and `[route.auth]`: recipient domains, transport, TLS policy and credentials.
-//! Secrets are read here, from the environment or a file; messages name the variable or the file,
-//! never the value.
+//! `[[route]]`: name, recipient domains, `mode`, transport, retry schedule, mailbox limits and
+//! sender rewriting. The transports' own keys are read by `smtp.rs` and `graph.rs`.
 
 use super::document::{At, Report, Section};
+use super::graph::{self, GraphContext};
 use super::schedule::{self, Inherited};
-use super::{Env, defaults, keys, values};
-use crate::config::{
-    AuthConfig, AuthMechanism, DomainPattern, RetrySchedule, RouteConfig, Secret, SmtpRoute,
-    TlsMode, Transport,
-};
+use super::smtp::{self, SmtpContext};
+use super::{Env, defaults, keys, m365, mailbox, values};
+use crate::config::{DomainPattern, M365Mode, RetrySchedule, RouteConfig, Transport};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
@@ -80,7 +78,12 @@ fn route(
     keys::check(
         report,
         section,
-        &[keys::ROUTE, keys::ROUTE_DROP, keys::ROUTE_SMTP],
+        &[
+            keys::ROUTE,
+            keys::ROUTE_DROP,
+            keys::ROUTE_SMTP,
+            keys::ROUTE_GRAPH,
+        ],
     );
 
     let name = report.required_string(section, "name").map(|at| {
@@ -106,21 +109,56 @@ fn route(
     };
     let domains = domains(report, section, (index, &label), claims);
 
-    let transport = match report.string(section, "transport") {
-        Some(At { value: "smtp", .. }) => smtp_transport(report, section, env).map(Transport::Smtp),
-        Some(At { value: "drop", .. }) => Some(drop_transport(report, section, data_dir)),
-        Some(at) => {
-            report.error(
-                &at.span,
-                format!(
-                    "`route.transport`: unknown value {:?}, expected \"smtp\" or \"drop\"",
-                    at.value
-                ),
-            );
-            None
+    let mode = m365::mode(report, section);
+    let kind = transport_kind(report, section, mode.as_ref());
+    let preset = m365::preset(mode.as_ref().map(|at| at.value));
+    let (limits, limits_max_connections) = mailbox::limits(report, section, &preset.limits);
+    let limits_max_connections = limits_max_connections.map(|at| at.value);
+    let rewrite_sender = if section.has("rewrite_sender") || section.has("allowed_senders") {
+        mailbox::rewrite(report, section)
+    } else {
+        None
+    };
+    let mut accepted_domains = Vec::new();
+    let transport = match kind {
+        Some(Kind::Smtp) => {
+            wrong_transport_keys(report, section, "smtp");
+            let smtp_context = SmtpContext {
+                preset: &preset,
+                route_name: name.as_deref(),
+                data_dir,
+                env,
+                limits_max_connections,
+            };
+            let (smtp, restriction) = smtp::smtp_transport(report, section, &smtp_context);
+            accepted_domains = restriction;
+            smtp.map(Transport::Smtp)
         }
-        None if section.has("transport") => None,
-        None => smtp_transport(report, section, env).map(Transport::Smtp),
+        Some(Kind::Graph) => {
+            wrong_transport_keys(report, section, "graph");
+            let graph_context = GraphContext {
+                route_name: name.as_deref(),
+                data_dir,
+                env,
+                limits_max_connections,
+            };
+            graph::graph_transport(report, section, &graph_context).map(Transport::Graph)
+        }
+        Some(Kind::Drop) => {
+            wrong_transport_keys(report, section, "drop");
+            if let Some(limits) = section.get("limits")
+                && let toml::de::DeValue::Table(table) = limits.get_ref()
+                && let Some((key, _)) = table.get_key_value("max_connections")
+            {
+                report.error(
+                    &key.span(),
+                    "`max_connections` is only for transport = \"smtp\" or \"graph\"; this route \
+                     is \"drop\"",
+                );
+            }
+            Some(drop_transport(report, section, data_dir))
+        }
+        None => None,
     };
     let schedule = schedule::schedule(report, section, queue_schedule, Inherited::Queue);
 
@@ -129,11 +167,101 @@ fn route(
         domains,
         transport: transport?,
         schedule,
-        mode: None,
-        limits: crate::config::MailboxLimits::default(),
-        rewrite_sender: None,
-        accepted_domains: Vec::new(),
+        mode: mode.map(|at| at.value),
+        limits,
+        rewrite_sender,
+        accepted_domains,
     })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Smtp,
+    Graph,
+    Drop,
+}
+
+/// `transport`, checked against `mode`: the graph mode sends through Graph, the others through
+/// SMTP. Without `transport`, the mode decides (smtp when there is none).
+fn transport_kind(
+    report: &mut Report,
+    section: &Section<'_, '_>,
+    mode: Option<&At<M365Mode>>,
+) -> Option<Kind> {
+    let written = report.string(section, "transport");
+    let kind = match &written {
+        Some(At { value: "smtp", .. }) => Kind::Smtp,
+        Some(At { value: "graph", .. }) => Kind::Graph,
+        Some(At { value: "drop", .. }) => Kind::Drop,
+        Some(at) => {
+            report.error(
+                &at.span,
+                format!(
+                    "`route.transport`: unknown value {:?}, expected \"smtp\", \"graph\" or \"drop\"",
+                    at.value
+                ),
+            );
+            return None;
+        }
+        None if section.has("transport") => return None,
+        None if mode.is_some_and(|m| m.value == M365Mode::Graph) => Kind::Graph,
+        None => Kind::Smtp,
+    };
+    if let (Some(mode), Some(written)) = (mode, &written) {
+        let name = m365::mode_name(mode.value);
+        let fits = match mode.value {
+            M365Mode::Graph => kind == Kind::Graph,
+            _ => kind == Kind::Smtp,
+        };
+        if !fits {
+            let expected = if mode.value == M365Mode::Graph {
+                "graph"
+            } else {
+                "smtp"
+            };
+            report.error(
+                &written.span,
+                format!(
+                    "mode = \"{name}\" sends with transport = \"{expected}\", and this route says \
+                     transport = \"{}\": leave transport out, or remove mode",
+                    written.value
+                ),
+            );
+        }
+    }
+    Some(kind)
+}
+
+/// Reports the keys of other transports written in a route of transport `this`.
+fn wrong_transport_keys(report: &mut Report, section: &Section<'_, '_>, this: &str) {
+    let own = keys::TRANSPORT_KEYS
+        .iter()
+        .find(|(name, _)| *name == this)
+        .map_or(&[][..], |(_, keys)| *keys);
+    let mut reported: Vec<&str> = Vec::new();
+    for (_, keys) in keys::TRANSPORT_KEYS {
+        for key in *keys {
+            if own.contains(key) || reported.contains(key) {
+                continue;
+            }
+            let Some(span) = section.key_span(key) else {
+                continue;
+            };
+            reported.push(key);
+            let homes: Vec<String> = keys::TRANSPORT_KEYS
+                .iter()
+                .filter(|(_, keys)| keys.contains(key))
+                .map(|(name, _)| format!("\"{name}\""))
+                .collect();
+            report.error(
+                &span,
+                format!(
+                    "`{key}` is only for transport = {}; this route is \"{this}\"",
+                    homes.join(" or ")
+                ),
+            );
+        }
+    }
 }
 
 fn domains(
@@ -192,14 +320,6 @@ fn domains(
 }
 
 fn drop_transport(report: &mut Report, section: &Section<'_, '_>, data_dir: &Path) -> Transport {
-    for key in keys::ROUTE_SMTP {
-        if let Some(span) = section.key_span(key) {
-            report.error(
-                &span,
-                format!("`{key}` is only for transport = \"smtp\"; this route is \"drop\""),
-            );
-        }
-    }
     let path = match report.string(section, "path") {
         Some(at) if at.value.trim().is_empty() => {
             report.error(&at.span, "`route.path` is empty");
@@ -210,223 +330,4 @@ fn drop_transport(report: &mut Report, section: &Section<'_, '_>, data_dir: &Pat
         None => data_dir.join(defaults::DROP_DIR),
     };
     Transport::Drop { path }
-}
-
-fn smtp_transport(
-    report: &mut Report,
-    section: &Section<'_, '_>,
-    env: Env<'_>,
-) -> Option<SmtpRoute> {
-    for key in keys::ROUTE_DROP {
-        if let Some(span) = section.key_span(key) {
-            report.error(
-                &span,
-                format!("`{key}` is only for transport = \"drop\"; this route is \"smtp\""),
-            );
-        }
-    }
-    let host = report.required_string(section, "host").and_then(|at| {
-        values::parse_upstream_host(at.value)
-            .map_err(|message| report.error(&at.span, format!("`route.host`: {message}")))
-            .ok()
-    });
-    let tls = match report.string(section, "tls") {
-        None => TlsMode::StartTls,
-        Some(at) => match at.value {
-            "starttls" => TlsMode::StartTls,
-            "implicit" => TlsMode::Implicit,
-            "opportunistic" => TlsMode::Opportunistic,
-            "none" => TlsMode::None,
-            other => {
-                report.error(
-                    &at.span,
-                    format!(
-                        "`route.tls`: unknown value {other:?}, expected \"starttls\", \"implicit\", \
-                         \"opportunistic\" or \"none\""
-                    ),
-                );
-                TlsMode::StartTls
-            }
-        },
-    };
-    let port = match report.integer(section, "port") {
-        None => defaults::port(tls),
-        Some(at) => u16::try_from(at.value)
-            .ok()
-            .filter(|port| *port != 0)
-            .unwrap_or_else(|| {
-                report.error(
-                    &at.span,
-                    format!("`route.port` {} is out of range (1 to 65535)", at.value),
-                );
-                defaults::port(tls)
-            }),
-    };
-    let ca_file = report.string(section, "ca_file").map(|at| {
-        // Read now so that a wrong path stops the start, not the first delivery.
-        if let Err(problem) = readable_file(Path::new(at.value)) {
-            report.error(
-                &at.span,
-                format!("cannot read `route.ca_file` {:?}: {problem}", at.value),
-            );
-        }
-        PathBuf::from(at.value)
-    });
-    let d = defaults::smtp_route();
-    let connect_timeout = report.duration(section, "connect_timeout", d.connect_timeout);
-    let command_timeout = report.duration(section, "command_timeout", d.command_timeout);
-    let max_connections = report.count(section, "max_connections", d.max_connections);
-    let allow_plaintext = report.boolean(section, "allow_plaintext_auth");
-
-    // The SMTP client sends a password only over TLS unless the route says tls = "none" (with
-    // "opportunistic" and no STARTTLS it gives up instead). So a password in the clear is possible
-    // only with "none", and then only when the route says so a second time.
-    let auth_section = report.table(section, "auth", "[route.auth]");
-    match (&auth_section, tls, &allow_plaintext) {
-        (Some(auth_section), TlsMode::None, None | Some(At { value: false, .. })) => report.error(
-            &auth_section.span,
-            "refusing to send a password in the clear (tls = \"none\"): use tls = \"starttls\" \
-             or \"implicit\", or set allow_plaintext_auth = true in this route if the network to \
-             the upstream is trusted",
-        ),
-        (_, TlsMode::Opportunistic, Some(At { value: true, span })) => report.error(
-            span,
-            "allow_plaintext_auth has no effect with tls = \"opportunistic\": the password is \
-             sent only after STARTTLS succeeds; plaintext sign-in needs tls = \"none\"",
-        ),
-        _ => {}
-    }
-    let auth = auth_section.and_then(|auth_section| auth(report, &auth_section, env));
-
-    Some(SmtpRoute {
-        host: host?,
-        port,
-        tls,
-        ca_file,
-        auth,
-        connect_timeout,
-        command_timeout,
-        max_connections,
-        client_cert: None,
-    })
-}
-
-fn auth(report: &mut Report, section: &Section<'_, '_>, env: Env<'_>) -> Option<AuthConfig> {
-    keys::check(report, section, &[keys::AUTH]);
-    let mechanism = match report.string(section, "mechanism") {
-        None if section.has("mechanism") => None,
-        None => Some(AuthMechanism::Login),
-        Some(at) => match at.value {
-            "login" => Some(AuthMechanism::Login),
-            "plain" => Some(AuthMechanism::Plain),
-            other => {
-                let message = if other.to_ascii_lowercase().contains("oauth") {
-                    format!(
-                        "`route.auth.mechanism` {other:?} is not supported yet: use \"login\" or \"plain\""
-                    )
-                } else {
-                    format!(
-                        "`route.auth.mechanism`: unknown value {other:?}, expected \"login\" or \"plain\""
-                    )
-                };
-                report.error(&at.span, message);
-                None
-            }
-        },
-    };
-    let username = report
-        .required_string(section, "username")
-        .map(|at| at.value.to_string());
-    let password = match (section.has("password_env"), section.has("password_file")) {
-        (true, true) => {
-            report.error(
-                &section.span,
-                "[route.auth] has both `password_env` and `password_file`: keep one",
-            );
-            None
-        }
-        (false, false) => {
-            report.error(
-                &section.span,
-                "[route.auth] needs `password_env` (an environment variable) or `password_file`",
-            );
-            None
-        }
-        (true, false) => password_from_env(report, section, env),
-        (false, true) => password_from_file(report, section),
-    };
-    Some(AuthConfig {
-        mechanism: mechanism?,
-        username: username?,
-        credential: crate::config::Credential::Password(password?),
-    })
-}
-
-fn password_from_env(
-    report: &mut Report,
-    section: &Section<'_, '_>,
-    env: Env<'_>,
-) -> Option<Secret> {
-    let at = report.string(section, "password_env")?;
-    if !values::is_env_var_name(at.value) {
-        // Possibly the password itself: do not repeat it.
-        report.error(
-            &at.span,
-            "`route.auth.password_env` must be the name of an environment variable (letters, \
-             digits and _), not the password",
-        );
-        return None;
-    }
-    match env(at.value) {
-        None => {
-            report.error(
-                &at.span,
-                format!(
-                    "environment variable {} (password_env) is not set",
-                    at.value
-                ),
-            );
-            None
-        }
-        Some(value) if value.is_empty() => {
-            report.error(
-                &at.span,
-                format!("environment variable {} (password_env) is empty", at.value),
-            );
-            None
-        }
-        Some(value) => Some(Secret::new(value)),
-    }
-}
-
-fn password_from_file(report: &mut Report, section: &Section<'_, '_>) -> Option<Secret> {
-    let at = report.string(section, "password_file")?;
-    let problem = match std::fs::read(at.value) {
-        Err(e) => e.to_string(),
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Err(_) => "it is not UTF-8 text".to_string(),
-            Ok(text) => {
-                // `echo secret > file` and Notepad both end the line; the password does not.
-                let password = text.trim_end_matches(['\r', '\n']);
-                if !password.is_empty() {
-                    return Some(Secret::new(password));
-                }
-                "it is empty".to_string()
-            }
-        },
-    };
-    report.error(
-        &at.span,
-        format!("cannot read password_file {:?}: {problem}", at.value),
-    );
-    None
-}
-
-fn readable_file(path: &Path) -> Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    match file.metadata() {
-        Ok(metadata) if metadata.is_dir() => Err("it is a directory".to_string()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
 }

@@ -61,6 +61,7 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
         limits,
         queue,
         routes,
+        warnings: Vec::new(),
     }
 }
 

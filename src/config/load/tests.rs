@@ -2,11 +2,18 @@ use super::*;
 use crate::config::{AuthMechanism, RetrySchedule, Secret, SmtpRoute, TlsMode};
 use std::time::Duration;
 
+mod client_cert;
+mod m365;
+
 const PASSWORD: &str = "s3cret-Value!";
+const CLIENT_SECRET: &str = "cl1ent~S3cret.Value";
 
 fn fake_env(name: &str) -> Option<String> {
     match name {
         "SMARTHOST_TEST_PASSWORD" | "SMARTHOST_M365_PASSWORD" => Some(PASSWORD.to_string()),
+        "SMARTHOST_M365_CLIENT_SECRET" | "SMARTHOST_TEST_CLIENT_SECRET" => {
+            Some(CLIENT_SECRET.to_string())
+        }
         "SMARTHOST_EMPTY" => Some(String::new()),
         _ => None,
     }
@@ -134,7 +141,7 @@ fn each_mistake_is_reported_with_its_line() {
         ("[[route]]\nname = \"a\"\ndomains = [\"*.contoso.com\"]\ntransport = \"drop\"\n[[route]]\nname = \"b\"\ndomains = [\"*.contoso.com\"]\ntransport = \"drop\"".into(), 7, "domain \"*.contoso.com\" is already routed by route `a`"),
         ("[[route]]\nname = \"a\"\ndomains = [\"*\"]\ntransport = \"drop\"\n[[route]]\nname = \"b\"\ndomains = [\"*\"]\ntransport = \"drop\"".into(), 7, "domain \"*\" is already routed by route `a`"),
         ("[[route]]\nname = \"r\"\ndomains = [\"x.example\",\n  \"x.example\"]\ntransport = \"drop\"".into(), 4, "domain \"x.example\" is listed twice (line 3)"),
-        ("[[route]]\nname = \"r\"\ndomains = [\"r.example\"]\ntransport = \"lmtp\"".into(), 4, "`route.transport`: unknown value \"lmtp\", expected \"smtp\" or \"drop\""),
+        ("[[route]]\nname = \"r\"\ndomains = [\"r.example\"]\ntransport = \"lmtp\"".into(), 4, "`route.transport`: unknown value \"lmtp\", expected \"smtp\", \"graph\" or \"drop\""),
         ("[[route]]\nname = \"r\"\ndomains = [\"r.example\"]".into(), 1, "[[route]] needs `host`"),
         ("[[route]]\nname = \"r\"\ndomains = [\"r.example\"]\ntransport = \"smtp\"\nhost = \"\"".into(), 5, "`route.host` is empty"),
         ("[[route]]\nname = \"r\"\ndomains = [\"r.example\"]\nhost = \"smtp.office365.com:587\"".into(), 4, "`route.host`: host \"smtp.office365.com:587\" contains a port"),
@@ -162,8 +169,7 @@ fn each_mistake_is_reported_with_its_line() {
         (format!("{route}[route.auth]\nusername = \"u\"\npassword_env = \"SMARTHOST_UNSET\""), 7, "environment variable SMARTHOST_UNSET (password_env) is not set"),
         (format!("{route}[route.auth]\nusername = \"u\"\npassword_env = \"SMARTHOST_EMPTY\""), 7, "environment variable SMARTHOST_EMPTY (password_env) is empty"),
         (format!("{route}[route.auth]\nusername = \"u\"\npassword_file = \"/nonexistent/smarthost/m365.pass\""), 7, "cannot read password_file \"/nonexistent/smarthost/m365.pass\": No such file"),
-        (format!("{route}[route.auth]\nmechanism = \"cram-md5\"\nusername = \"u\"\npassword_env = \"SMARTHOST_TEST_PASSWORD\""), 6, "`route.auth.mechanism`: unknown value \"cram-md5\", expected \"login\" or \"plain\""),
-        (format!("{route}[route.auth]\nmechanism = \"xoauth2\"\nusername = \"u\"\npassword_env = \"SMARTHOST_TEST_PASSWORD\""), 6, "`route.auth.mechanism` \"xoauth2\" is not supported yet"),
+        (format!("{route}[route.auth]\nmechanism = \"cram-md5\"\nusername = \"u\"\npassword_env = \"SMARTHOST_TEST_PASSWORD\""), 6, "`route.auth.mechanism`: unknown value \"cram-md5\", expected \"login\", \"plain\" or \"xoauth2\""),
         (format!("{route}[route.auth]\nmechanism = \"LOGIN\"\nusername = \"u\"\npassword_env = \"SMARTHOST_TEST_PASSWORD\""), 6, "unknown value \"LOGIN\""),
     ];
     for (snippet, line, fragment) in &cases {
@@ -720,7 +726,12 @@ fn secrets_appear_neither_in_debug_output_nor_in_errors() {
     );
     let config = load(&text).unwrap();
     assert_eq!(
-        smtp_route(&config, "f").auth.unwrap().password().unwrap().expose(),
+        smtp_route(&config, "f")
+            .auth
+            .unwrap()
+            .password()
+            .unwrap()
+            .expose(),
         PASSWORD
     );
     let debug = format!("{config:?}");
@@ -777,16 +788,42 @@ fn the_example_file_loads() {
     assert_eq!(m365.tls, TlsMode::StartTls);
     assert_eq!(m365.max_connections, 3);
     let auth = m365.auth.unwrap();
-    assert_eq!(auth.mechanism, AuthMechanism::Login);
-    assert_eq!(auth.username, "relay@contoso.com");
-    assert_eq!(auth.password().unwrap().expose(), PASSWORD);
+    assert_eq!(auth.mechanism, AuthMechanism::XOAuth2);
+    assert_eq!(auth.username, "scanner@contoso.com");
+    let crate::config::Credential::OAuth(oauth) = &auth.credential else {
+        panic!("{auth:?}");
+    };
+    assert_eq!(
+        oauth.grant,
+        crate::config::OAuthGrant::ClientSecret(Secret::new(CLIENT_SECRET))
+    );
+    assert_eq!(
+        oauth.token_endpoint,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(oauth.scope, "https://outlook.office365.com/.default");
+    let route = &config.routes[0];
+    assert_eq!(route.mode, Some(crate::config::M365Mode::ClientSubmission));
+    assert_eq!(
+        route.rewrite_sender.as_ref().unwrap().address,
+        "scanner@contoso.com"
+    );
+    assert_eq!(
+        route.limits.message_rate,
+        Some(crate::config::Rate {
+            count: 30,
+            per: Duration::from_secs(60)
+        })
+    );
     assert_eq!(config.queue.schedule, RetrySchedule::default());
-    assert_eq!(config.routes[0].schedule, RetrySchedule::default());
+    assert_eq!(route.schedule, RetrySchedule::default());
 
     let unset = load_str_with_env(EXAMPLE, "smarthost.example.toml", &|_| None).unwrap_err();
     assert_eq!(unset.errors.len(), 1, "{unset}");
     assert!(
-        unset.errors[0].message.contains("SMARTHOST_M365_PASSWORD"),
+        unset.errors[0]
+            .message
+            .contains("SMARTHOST_M365_CLIENT_SECRET"),
         "{unset}"
     );
 }
@@ -822,10 +859,22 @@ fn the_example_file_shows_the_true_defaults() {
         .copied()
         .filter(|key| *key != "ndr_copy_to")
         .collect();
+    // The route shows its mode's values, which are its defaults too.
     let shown_defaults = [
         keys::LIMITS,
         queue_defaults.as_slice(),
-        &["connect_timeout", "command_timeout", "allow_plaintext_auth"],
+        &[
+            "host",
+            "port",
+            "tls",
+            "connect_timeout",
+            "command_timeout",
+            "allow_plaintext_auth",
+            "flow",
+            "authority_host",
+            "scope",
+        ],
+        keys::ROUTE_LIMITS,
     ];
     let mut uncommented = 0;
     let text: String = main
@@ -843,7 +892,7 @@ fn the_example_file_shows_the_true_defaults() {
             }
         })
         .collect();
-    assert_eq!(uncommented, 14);
+    assert_eq!(uncommented, 25);
     let with = load(&text).unwrap_or_else(|e| panic!("{e}"));
     let without = load(EXAMPLE).unwrap();
     assert_eq!(format!("{with:?}"), format!("{without:?}"));
@@ -863,13 +912,17 @@ fn the_commented_examples_are_valid() {
     let text = format!("{main}\n{examples}");
     let e = load(&text).unwrap_err();
     let messages: Vec<_> = e.errors.iter().map(|e| e.message.as_str()).collect();
-    assert_eq!(messages.len(), 2, "{e}");
-    assert!(
-        messages[0].starts_with("cannot read `route.ca_file` \"/etc/smarthost/fabrikam-ca.pem\""),
-        "{e}"
-    );
-    assert!(
-        messages[1].starts_with("cannot read password_file \"/etc/smarthost/fabrikam.pass\""),
-        "{e}"
-    );
+    let expected = [
+        "cannot read `route.client_certificate` \"/etc/smarthost/relay.contoso.com.pem\"",
+        "cannot read `route.client_private_key` \"/etc/smarthost/relay.contoso.com.key\"",
+        "cannot read client_secret_file \"/etc/smarthost/hve-client.secret\"",
+        "cannot read `route.oauth.certificate_file` \"/etc/smarthost/graph-app.crt\"",
+        "cannot read `route.oauth.private_key_file` \"/etc/smarthost/graph-app.key\"",
+        "cannot read `route.ca_file` \"/etc/smarthost/fabrikam-ca.pem\"",
+        "cannot read password_file \"/etc/smarthost/fabrikam.pass\"",
+    ];
+    assert_eq!(messages.len(), expected.len(), "{e}");
+    for (message, start) in messages.iter().zip(expected) {
+        assert!(message.starts_with(start), "{start}\n{e}");
+    }
 }

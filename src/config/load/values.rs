@@ -1,7 +1,7 @@
 //! The value syntaxes of the configuration file, as pure functions: text in, value or the
 //! explanation to show out. The caller adds the key and the line.
 
-use crate::config::DomainPattern;
+use crate::config::{DomainPattern, Rate};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -190,6 +190,120 @@ pub fn is_env_var_name(text: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// `"30/1m"`, `"10000/1d"`, `"100/10m"`, `"30/m"` (a bare unit means one of it), or `"unlimited"`
+/// (`None`). The count is at least 1 and the window longer than zero.
+pub fn parse_rate(text: &str) -> Result<Option<Rate>, String> {
+    let invalid = || {
+        format!(
+            "invalid rate {text:?}: write a count and a window, such as \"30/1m\" (30 per minute) \
+             or \"10000/1d\" (10,000 per day), or \"unlimited\""
+        )
+    };
+    let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let (count, window) = trimmed.split_once('/').ok_or_else(invalid)?;
+    let count: u32 = count
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| invalid())?;
+    if count == 0 {
+        return Err(format!(
+            "invalid rate {text:?}: the count must be at least 1 (or write \"unlimited\")"
+        ));
+    }
+    let window = window.trim();
+    let window = if window.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        format!("1{window}")
+    } else {
+        window.to_string()
+    };
+    let per = humantime::parse_duration(&window).map_err(|_| invalid())?;
+    if per.is_zero() {
+        return Err(format!(
+            "invalid rate {text:?}: the window must be longer than zero"
+        ));
+    }
+    Ok(Some(Rate { count, per }))
+}
+
+/// A plain domain (`contoso.com`, lower-cased, without a trailing dot): no pattern, no address.
+pub fn parse_plain_domain(text: &str) -> Result<String, String> {
+    match parse_domain_pattern(text) {
+        Ok(DomainPattern::Exact(domain)) => Ok(domain),
+        _ => Err(format!(
+            "invalid domain {text:?}: write a domain name such as \"contoso.com\" (no \"*\", no \
+             address)"
+        )),
+    }
+}
+
+/// The Microsoft 365 MX endpoint of a domain: `contoso.com` → `contoso-com.mail.protection.outlook.com`
+/// (dots become hyphens). Tenants created lately may have an MX under `mx.microsoft` instead; then
+/// `host` is written out.
+pub fn tenant_mx_host(domain: &str) -> String {
+    format!(
+        "{}.mail.protection.outlook.com",
+        domain.to_ascii_lowercase().replace('.', "-")
+    )
+}
+
+/// An `https://` URL (or `http://` to this machine, for tests and local proxies: a secret or token
+/// must not cross a network in the clear). Returned without a trailing `/`.
+pub fn parse_endpoint_url(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let (scheme, rest) = trimmed.split_once("://").ok_or_else(|| {
+        format!(
+            "invalid URL {text:?}: write it in full, e.g. \"https://login.microsoftonline.com/...\""
+        )
+    })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    if host.is_empty()
+        || rest.contains(char::is_whitespace)
+        || !(host.parse::<IpAddr>().is_ok() || is_host_name(host))
+    {
+        return Err(format!("invalid URL {text:?}: it has no valid host name"));
+    }
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(trimmed.to_string()),
+        "http" if loopback => Ok(trimmed.to_string()),
+        "http" => Err(format!(
+            "URL {text:?} is not https: credentials and tokens must not travel in the clear \
+             (http:// is allowed only to this machine)"
+        )),
+        _ => Err(format!("invalid URL {text:?}: it must start with https://")),
+    }
+}
+
+/// A route name made safe as a file name (`token_file`'s default): anything but letters, digits,
+/// `-`, `_` and `.` becomes `_`, and a leading `.` too.
+pub fn file_name_for(name: &str) -> String {
+    let mut safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.starts_with('.') || safe.is_empty() {
+        safe.insert(0, '_');
+    }
+    safe
+}
+
 /// Levenshtein distance, for "did you mean" hints on misspelt keys.
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -353,6 +467,85 @@ mod tests {
         assert!(!is_env_var_name("1X"));
         assert!(!is_env_var_name("Pa$$w0rd!"));
         assert!(!is_env_var_name(""));
+    }
+
+    #[test]
+    fn rates() {
+        let minute = Duration::from_secs(60);
+        let day = Duration::from_secs(86_400);
+        let rate = |count, per| Some(Some(Rate { count, per }));
+        let cases: &[(&str, Option<Option<Rate>>)] = &[
+            ("30/1m", rate(30, minute)),
+            ("30/m", rate(30, minute)),
+            (" 30 / 1m ", rate(30, minute)),
+            ("10000/1d", rate(10_000, day)),
+            ("10_000/1d", rate(10_000, day)),
+            ("100/10m", rate(100, 10 * minute)),
+            ("unlimited", Some(None)),
+            ("Unlimited", Some(None)),
+            ("0/1m", None),
+            ("30/0s", None),
+            ("30", None),
+            ("30 per minute", None),
+            ("-1/1m", None),
+            ("x/1m", None),
+            ("30/fortnight", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_rate(text).ok(), *expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn tenant_mx_hosts_replace_dots_with_hyphens() {
+        assert_eq!(
+            tenant_mx_host("contoso.com"),
+            "contoso-com.mail.protection.outlook.com"
+        );
+        assert_eq!(
+            tenant_mx_host("Fabrikam.co.UK"),
+            "fabrikam-co-uk.mail.protection.outlook.com"
+        );
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            (
+                "https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token",
+                Ok("https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token"),
+            ),
+            (
+                "https://graph.microsoft.com/v1.0/",
+                Ok("https://graph.microsoft.com/v1.0"),
+            ),
+            (
+                "http://127.0.0.1:8080/token",
+                Ok("http://127.0.0.1:8080/token"),
+            ),
+            ("http://localhost/token", Ok("http://localhost/token")),
+            ("http://[::1]:99/token", Ok("http://[::1]:99/token")),
+            ("http://login.example/token", Err("is not https")),
+            ("login.microsoftonline.com/x", Err("write it in full")),
+            ("ftp://login.example/x", Err("must start with https://")),
+            ("https:///x", Err("no valid host name")),
+            ("https://bad host/x", Err("no valid host name")),
+        ];
+        for (text, expected) in cases {
+            match (parse_endpoint_url(text), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{text:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{text:?}: {got}"),
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn file_names_for_route_names() {
+        assert_eq!(file_name_for("m365"), "m365");
+        assert_eq!(file_name_for("m365 scanners/1"), "m365_scanners_1");
+        assert_eq!(file_name_for("../etc"), "_.._etc");
+        assert_eq!(file_name_for(""), "_");
     }
 
     #[test]

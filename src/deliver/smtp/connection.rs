@@ -9,11 +9,13 @@ use super::setup::{self, Extensions};
 use super::wire::{Stream, Wire, WireError};
 use crate::config::SmtpRoute;
 use crate::deliver::classify::{Class, Stage, classify_at, explain};
+use crate::deliver::oauth::{AccessToken, TokenProvider};
 use crate::deliver::{OutboundMessage, RecipientResult};
 use crate::smtp::Reply;
 use crate::smtp::data::dot_stuff;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tracing::{debug, info};
 
 /// What a connection needs to know about its route; shared by all connections of a transport.
@@ -21,6 +23,8 @@ pub(crate) struct Upstream {
     pub(crate) route: SmtpRoute,
     pub(crate) helo_name: String,
     pub(crate) tls: tokio_rustls::TlsConnector,
+    /// The access tokens for AUTH XOAUTH2 (routes with OAuth credentials).
+    pub(crate) tokens: Option<Arc<TokenProvider>>,
 }
 
 /// The upstream's name and the address actually connected: `smtp.office365.com[52.96.1.2]:587`.
@@ -41,6 +45,9 @@ impl fmt::Display for Peer {
 pub(crate) struct Failure {
     pub(crate) class: Class,
     pub(crate) reason: String,
+    /// The upstream refused this access token (5xx to AUTH XOAUTH2): the transport drops it and tries
+    /// once more on a new connection with a new token.
+    pub(crate) refused_token: Option<AccessToken>,
 }
 
 impl Failure {
@@ -48,6 +55,7 @@ impl Failure {
         Failure {
             class: Class::Transient,
             reason,
+            refused_token: None,
         }
     }
 

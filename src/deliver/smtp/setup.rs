@@ -9,8 +9,10 @@ use super::connection::{Connection, Failure, Peer, Upstream, lost, read, said};
 use super::wire::{Stream, Wire};
 use crate::config::{AuthConfig, AuthMechanism, SmtpRoute, TlsMode};
 use crate::deliver::classify::{Stage, classify_at, explain};
+use crate::deliver::oauth::AccessToken;
 use crate::smtp::Reply;
-use crate::smtp::sasl::{login_encode, plain_initial_response};
+use crate::smtp::sasl::{login_encode, plain_initial_response, xoauth2_initial_response};
+use base64::Engine;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
@@ -77,6 +79,13 @@ struct Setup<'a> {
 /// Opens a connection ready for a transaction: TCP, TLS per the route, greeting, EHLO, AUTH.
 pub(super) async fn open(up: &Upstream) -> Result<Connection, Failure> {
     let route = &up.route;
+    // The token first: without one there is no point in connecting.
+    let token = match &route.auth {
+        Some(auth) if auth.mechanism == AuthMechanism::XOAuth2 => {
+            Some(access_token(up, auth).await?)
+        }
+        _ => None,
+    };
     let (tcp, peer) = connect_tcp(route).await?;
     info!(upstream = %peer, "connected");
     let stream = if route.tls == TlsMode::Implicit {
@@ -128,7 +137,7 @@ pub(super) async fn open(up: &Upstream) -> Result<Connection, Failure> {
         }
     }
     if let Some(auth) = &route.auth {
-        setup.authenticate(auth, &ext).await?;
+        setup.authenticate(auth, &ext, token.as_ref()).await?;
     }
     Ok(Connection::new(setup.wire, setup.peer, ext))
 }
@@ -153,6 +162,7 @@ impl Setup<'_> {
         Failure {
             class: classify_at(stage, reply),
             reason,
+            refused_token: None,
         }
     }
 
@@ -223,7 +233,12 @@ impl Setup<'_> {
         Ok((Setup { wire, ..self }, true))
     }
 
-    async fn authenticate(&mut self, auth: &AuthConfig, ext: &Extensions) -> Result<(), Failure> {
+    async fn authenticate(
+        &mut self,
+        auth: &AuthConfig,
+        ext: &Extensions,
+        token: Option<&AccessToken>,
+    ) -> Result<(), Failure> {
         if !matches!(self.wire.stream(), Stream::Tls(_)) && self.up.route.tls != TlsMode::None {
             // Opportunistic TLS that did not happen: an attacker who strips STARTTLS must not get the
             // password. Plaintext AUTH needs an explicit `tls = "none"`.
@@ -237,12 +252,7 @@ impl Setup<'_> {
         let name = match auth.mechanism {
             AuthMechanism::Login => "LOGIN",
             AuthMechanism::Plain => "PLAIN",
-            AuthMechanism::XOAuth2 => {
-                self.quit().await;
-                return Err(Failure::transient(
-                    "AUTH XOAUTH2 is not implemented yet in this build".to_string(),
-                ));
-            }
+            AuthMechanism::XOAuth2 => "XOAUTH2",
         };
         let command = format!("AUTH {name}");
         let note = if ext.auth.iter().any(|m| m == name) {
@@ -251,7 +261,21 @@ impl Setup<'_> {
             info!(upstream = %self.peer, "AUTH {name} not advertised (offered: {:?}); trying it anyway", ext.auth);
             format!(" (note: the upstream did not advertise AUTH {name})")
         };
-        let password = auth.password().map(|p| p.expose()).unwrap_or_default();
+        if auth.mechanism == AuthMechanism::XOAuth2 {
+            let Some(token) = token else {
+                self.quit().await;
+                return Err(Failure::transient(
+                    "internal error: AUTH XOAUTH2 without an access token".into(),
+                ));
+            };
+            return self.xoauth2(&auth.username, token, note).await;
+        }
+        let Some(password) = auth.password().map(|p| p.expose()) else {
+            self.quit().await;
+            return Err(Failure::transient(format!(
+                "AUTH {name} needs a password, but the route has OAuth 2.0 credentials (use mechanism = \"xoauth2\")"
+            )));
+        };
         // Each step: (the line sent, what the log shows). `secret` is what a server could echo back.
         let (steps, secret): (Vec<(String, &str)>, String) = match auth.mechanism {
             AuthMechanism::Login => {
@@ -268,7 +292,7 @@ impl Setup<'_> {
                 let steps = vec![(format!("AUTH PLAIN {initial}"), "AUTH PLAIN <redacted>")];
                 (steps, initial)
             }
-            AuthMechanism::XOAuth2 => unreachable!("refused above"),
+            AuthMechanism::XOAuth2 => unreachable!("handled above"),
         };
         let secrets = [secret, password.to_string()];
         let last = steps.len() - 1;
@@ -300,12 +324,83 @@ impl Setup<'_> {
         Ok(())
     }
 
+    /// SASL XOAUTH2 with the initial response in the command (one line, over 2,500 bytes with a
+    /// Microsoft token). A failing server may first send `334 <base64 JSON error>`; an empty line
+    /// answers it and the final reply follows. A 5xx marks the token as refused (see `Failure`).
+    async fn xoauth2(
+        &mut self,
+        user: &str,
+        token: &AccessToken,
+        mut note: String,
+    ) -> Result<(), Failure> {
+        const COMMAND: &str = "AUTH XOAUTH2";
+        let initial = xoauth2_initial_response(user, token.value.expose());
+        let secrets = [initial.clone(), token.value.expose().to_string()];
+        self.send(
+            &format!("{COMMAND} {initial}"),
+            "AUTH XOAUTH2 <redacted>",
+            COMMAND,
+        )
+        .await?;
+        let mut reply = self.read(Stage::Auth, COMMAND).await?;
+        if reply.code == 334 {
+            let challenge = reply.lines.join("");
+            if let Some(details) = base64::engine::general_purpose::STANDARD
+                .decode(challenge.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|d| !d.trim().is_empty())
+            {
+                let one_line = details.split_whitespace().collect::<Vec<_>>().join(" ");
+                let mut shown = Reply::new(334, one_line);
+                scrub(&mut shown, &secrets);
+                note.push_str(&format!(" (the server's details: {})", shown.lines[0]));
+            }
+            self.send("", "<empty response>", COMMAND).await?;
+            reply = self.read(Stage::Auth, COMMAND).await?;
+        }
+        scrub(&mut reply, &secrets);
+        if reply.is_positive() {
+            info!(upstream = %self.peer, %user, "authenticated with AUTH XOAUTH2");
+            return Ok(());
+        }
+        if reply.is_permanent() && explain(&reply).is_none() {
+            note.push_str(&format!(
+                "; the access token was refused: check the app's permission (SMTP.SendAsApp with admin consent) and its access to the mailbox {user}"
+            ));
+        }
+        let mut failure = self.rejected(Stage::Auth, COMMAND, &reply, &note);
+        if reply.is_permanent() {
+            failure.refused_token = Some(token.clone());
+        }
+        self.quit().await;
+        Err(failure)
+    }
+
     async fn quit(&mut self) {
         if self.send("QUIT", "QUIT", "QUIT").await.is_ok() {
             let _ = self.wire.read_reply().await;
         }
         self.wire.shutdown().await;
     }
+}
+
+/// An access token for XOAUTH2 from the route's provider. A failure defers every recipient with the
+/// reason (Entra's answer quoted): authentication problems are never the recipients' fault.
+async fn access_token(up: &Upstream, auth: &AuthConfig) -> Result<AccessToken, Failure> {
+    let route = &up.route;
+    let Some(tokens) = &up.tokens else {
+        return Err(Failure::transient(format!(
+            "AUTH XOAUTH2 to {}:{} needs OAuth 2.0 credentials ([route.oauth]), but the route has a password",
+            route.host, route.port
+        )));
+    };
+    tokens.access_token().await.map_err(|e| {
+        Failure::transient(format!(
+            "no OAuth 2.0 access token for {} (AUTH XOAUTH2 to {}:{}): {e}",
+            auth.username, route.host, route.port
+        ))
+    })
 }
 
 /// Resolves the route's host and tries each address in turn, each within the connect timeout.
