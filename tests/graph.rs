@@ -568,10 +568,10 @@ fn relay_config(data_dir: &Path, graph: &GraphMock, other_route: bool) -> Config
     let mut config = default_config();
     config.data_dir = data_dir.to_path_buf();
     config.hostname = "relay.test".into();
-    config.listeners = vec![ListenerConfig {
-        address: "127.0.0.1:0".parse().unwrap(),
-        relay_from: vec!["127.0.0.1/32".parse().unwrap()],
-    }];
+    config.listeners = vec![ListenerConfig::plain(
+        "127.0.0.1:0".parse().unwrap(),
+        vec!["127.0.0.1/32".parse().unwrap()],
+    )];
     config.queue.schedule.retry = vec![Duration::from_secs(1)];
     let graph_route = RouteConfig {
         name: "graph".into(),

@@ -78,13 +78,15 @@ pub fn default_config() -> Config {
     let loopback = ["127.0.0.0/8", "::1/128"].map(|net| net.parse().expect("a valid range"));
     Config {
         hostname: defaults::machine_hostname(&process_env),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:2525".parse().expect("a valid address"),
-            relay_from: loopback.to_vec(),
-        }],
+        listeners: vec![ListenerConfig::plain(
+            "127.0.0.1:2525".parse().expect("a valid address"),
+            loopback.to_vec(),
+        )],
         limits: defaults::limits(),
         queue: defaults::queue(),
         warnings: Vec::new(),
+        users: Vec::new(),
+        auth_lockout: crate::config::AuthLockout::default(),
         routes: vec![RouteConfig {
             name: "outbox".to_string(),
             domains: vec![DomainPattern::Any],

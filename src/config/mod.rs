@@ -27,6 +27,59 @@ pub struct Config {
     /// What is valid but needs attention soon (a client certificate about to expire), each as
     /// `file:line: warning: message`; `check-config` prints them and `serve` should log them.
     pub warnings: Vec<String>,
+    /// Local accounts for inbound AUTH (`[[user]]`).
+    pub users: Vec<UserConfig>,
+    /// Locking out addresses that keep failing AUTH.
+    pub auth_lockout: AuthLockout,
+}
+
+/// An account devices and applications log in with (IIS: Basic authentication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConfig {
+    pub name: String,
+    /// An argon2 PHC string (`$argon2id$v=19$...`), as `smarthost passwd` prints it. Never a password.
+    pub password_hash: String,
+    /// Envelope senders this user may use (lower-case; `*@contoso.com` for a whole domain); empty: any.
+    pub allowed_senders: Vec<String>,
+}
+
+/// After `max_failures` failed AUTH attempts from one address within `window`, that address gets
+/// no AUTH (and no connection) for `duration`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthLockout {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub duration: Duration,
+}
+
+impl Default for AuthLockout {
+    fn default() -> Self {
+        AuthLockout {
+            max_failures: 5,
+            window: Duration::from_secs(600),
+            duration: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Inbound TLS on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerTls {
+    /// Plain SMTP only.
+    None,
+    /// STARTTLS offered (RFC 3207).
+    StartTls,
+    /// TLS from the first byte (port 465, RFC 8314).
+    Implicit,
+}
+
+/// The oldest TLS version a listener accepts. 1.0 and 1.1 exist for old devices only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls10,
+    Tls11,
+    Tls12,
+    Tls13,
 }
 
 #[derive(Debug, Clone)]
@@ -34,9 +87,50 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// Clients allowed to relay (IIS: Relay restrictions, "Only the list below").
     pub relay_from: Vec<IpNet>,
+    /// Connect-time restrictions (IIS: Connection control). Empty `allow_from`: everyone may connect;
+    /// `deny_from` wins over `allow_from`.
+    pub allow_from: Vec<IpNet>,
+    pub deny_from: Vec<IpNet>,
+    pub tls: ListenerTls,
+    /// PEM files; required unless `tls` is `None`. Re-read when they change.
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    pub min_tls: TlsVersion,
+    /// Offer AUTH (PLAIN, LOGIN) against `[[user]]`s.
+    pub auth: bool,
+    /// Only authenticated clients may send (MAIL before AUTH gets `530 5.7.0`).
+    pub require_auth: bool,
+    /// Offer AUTH before TLS too (old devices on a trusted LAN); otherwise only after STARTTLS.
+    pub allow_plaintext_auth: bool,
+    /// Connections from one client address at the same time.
+    pub max_connections_per_ip: usize,
+    /// Messages in one connection (then `421`).
+    pub max_messages_per_connection: usize,
+    /// A whole session may last at most this long, however busy.
+    pub session_timeout: Duration,
 }
 
 impl ListenerConfig {
+    /// A plain SMTP listener with the defaults for everything but its address and relay list.
+    pub fn plain(address: SocketAddr, relay_from: Vec<IpNet>) -> Self {
+        ListenerConfig {
+            address,
+            relay_from,
+            allow_from: Vec::new(),
+            deny_from: Vec::new(),
+            tls: ListenerTls::None,
+            certificate: None,
+            private_key: None,
+            min_tls: TlsVersion::Tls12,
+            auth: false,
+            require_auth: false,
+            allow_plaintext_auth: false,
+            max_connections_per_ip: 100,
+            max_messages_per_connection: 1000,
+            session_timeout: Duration::from_secs(3600),
+        }
+    }
+
     pub fn may_relay(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.relay_from.iter().any(|net| net.contains(&ip))

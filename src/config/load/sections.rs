@@ -62,6 +62,8 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
         queue,
         routes,
         warnings: Vec::new(),
+        users: Vec::new(),
+        auth_lockout: crate::config::AuthLockout::default(),
     }
 }
 
@@ -127,10 +129,7 @@ fn listeners(report: &mut Report, top: &Section<'_, '_>) -> Vec<ListenerConfig> 
             })
             .unwrap_or_default();
         if let Some(address) = address {
-            listeners.push(ListenerConfig {
-                address,
-                relay_from,
-            });
+            listeners.push(ListenerConfig::plain(address, relay_from));
         }
     }
     listeners
