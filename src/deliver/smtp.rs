@@ -57,7 +57,8 @@ impl SmtpTransport {
     /// Routes with OAuth credentials get the shared [`TokenProvider`] of their credential (a bad
     /// certificate or key is a start-up error too).
     pub fn new(route: &SmtpRoute, helo_name: String) -> anyhow::Result<Self> {
-        let config = tls::client_config(route.ca_file.as_deref())?;
+        let config =
+            tls::client_config_with_cert(route.ca_file.as_deref(), route.client_cert.as_ref())?;
         let tokens = match route.auth.as_ref().map(|auth| &auth.credential) {
             Some(Credential::OAuth(oauth)) => Some(TokenProvider::shared(oauth)?),
             _ => None,

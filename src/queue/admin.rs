@@ -113,10 +113,8 @@ impl Queue {
             // Being tried right now: that is what was asked for.
             return Ok(());
         }
-        let old = (entry.envelope.next_attempt, id.to_string());
         entry.envelope.next_attempt = now;
-        schedule.due.remove(&old);
-        schedule.due.insert((now, id.to_string()));
+        schedule.set_due(id, now.saturating_mul(1000));
         drop(schedule);
         self.wake();
         Ok(())
@@ -124,14 +122,13 @@ impl Queue {
 
     /// Makes every waiting message that is not held due now; returns how many.
     pub fn retry_all(&self) -> usize {
-        let now = self.now();
+        let now = self.now_millis();
         let mut schedule = self.lock();
         let waiting: Vec<(u64, String)> = schedule.due.iter().cloned().collect();
         for (due, id) in &waiting {
-            schedule.due.remove(&(*due, id.clone()));
-            schedule.due.insert((now.min(*due), id.clone()));
+            schedule.set_due(id, now.min(*due));
             if let Some(entry) = schedule.entries.get_mut(id) {
-                entry.envelope.next_attempt = now.min(*due);
+                entry.envelope.next_attempt = now.min(*due).div_ceil(1000);
             }
         }
         drop(schedule);
@@ -152,9 +149,7 @@ impl Queue {
         }
         entry.active = true;
         let envelope = entry.envelope.clone();
-        schedule
-            .due
-            .remove(&(envelope.next_attempt, id.to_string()));
+        schedule.clear_due(id);
         Ok(envelope)
     }
 
@@ -162,12 +157,12 @@ impl Queue {
     fn put_back(&self, envelope: crate::spool::Envelope) {
         let mut schedule = self.lock();
         let id = envelope.id.clone();
-        let due = (!envelope.held).then_some((envelope.next_attempt, id.clone()));
+        let due = (!envelope.held).then_some(envelope.next_attempt.saturating_mul(1000));
         if let Some(entry) = schedule.entries.get_mut(&id) {
             entry.envelope = envelope;
             entry.active = false;
             if let Some(due) = due {
-                schedule.due.insert(due);
+                schedule.set_due(&id, due);
             }
         }
         drop(schedule);

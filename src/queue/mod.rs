@@ -62,9 +62,31 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Schedule {
-    /// (due unix seconds, queue id) for messages waiting for their next attempt.
+    /// (due Unix milliseconds, queue id) for messages waiting for their next attempt. Milliseconds,
+    /// because mailbox rate limits free a slot at a precise moment.
     due: BTreeSet<(u64, String)>,
     entries: HashMap<String, Entry>,
+}
+
+impl Schedule {
+    /// Puts `id` in the schedule at `due_ms`, replacing its earlier place.
+    fn set_due(&mut self, id: &str, due_ms: u64) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            if let Some(old) = entry.due_ms.replace(due_ms) {
+                self.due.remove(&(old, id.to_string()));
+            }
+            self.due.insert((due_ms, id.to_string()));
+        }
+    }
+
+    /// Takes `id` out of the schedule (held, in an attempt, being changed).
+    fn clear_due(&mut self, id: &str) {
+        if let Some(entry) = self.entries.get_mut(id)
+            && let Some(old) = entry.due_ms.take()
+        {
+            self.due.remove(&(old, id.to_string()));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +96,8 @@ struct Entry {
     content: Option<Arc<Vec<u8>>>,
     /// In an attempt (or an administrator's bounce/delete) right now: not in `due`.
     active: bool,
+    /// Its place in `due`, if it has one.
+    due_ms: Option<u64>,
 }
 
 impl Queue {
@@ -132,19 +156,20 @@ impl Queue {
             }
         });
         let mut schedule = self.lock();
-        if !envelope.held {
-            schedule
-                .due
-                .insert((envelope.next_attempt, envelope.id.clone()));
-        }
+        let id = envelope.id.clone();
+        let due = (!envelope.held).then_some(envelope.next_attempt.saturating_mul(1000));
         schedule.entries.insert(
-            envelope.id.clone(),
+            id.clone(),
             Entry {
                 envelope,
                 content,
                 active: false,
+                due_ms: None,
             },
         );
+        if let Some(due) = due {
+            schedule.set_due(&id, due);
+        }
         drop(schedule);
         self.inner.wake.notify_one();
     }
@@ -185,12 +210,12 @@ impl Queue {
                 Err(next_due) => {
                     drop(permit);
                     let sleep = match next_due {
-                        Some(due) => Duration::from_secs(due.saturating_sub(self.now())),
+                        Some(due) => Duration::from_millis(due.saturating_sub(self.now_millis())),
                         None => MAX_IDLE,
                     };
                     tokio::select! {
                         _ = self.inner.wake.notified() => {}
-                        _ = tokio::time::sleep(sleep.clamp(Duration::from_millis(200), MAX_IDLE)) => {}
+                        _ = tokio::time::sleep(sleep.clamp(Duration::from_millis(5), MAX_IDLE)) => {}
                         _ = shutdown.changed() => {}
                     }
                 }
@@ -213,7 +238,7 @@ impl Queue {
 
     /// The first message due now, marked active; or the next due time when none is due.
     fn take_due(&self) -> Result<(Envelope, Option<Content>), Option<u64>> {
-        let now = self.now();
+        let now = self.now_millis();
         let mut schedule = self.lock();
         let Some((due, id)) = schedule.due.first().cloned() else {
             return Err(None);
@@ -221,7 +246,7 @@ impl Queue {
         if due > now {
             return Err(Some(due));
         }
-        schedule.due.remove(&(due, id.clone()));
+        schedule.clear_due(&id);
         let entry = schedule.entries.get_mut(&id).expect("due entry exists");
         entry.active = true;
         let content = entry.content.take();
@@ -348,9 +373,8 @@ impl Queue {
         if record.results.is_empty() && throttled_until.is_some() {
             // Nothing was tried: every recipient waits for a mailbox limit. That is no attempt, and
             // nothing changed that the spool must know.
-            let next = throttled_until.unwrap_or(0).div_ceil(1000);
             tracing::debug!(queue_id = %id, "held back by a mailbox limit");
-            self.reschedule(envelope, next);
+            self.reschedule_millis(envelope, throttled_until.unwrap_or(0));
             return;
         }
         envelope.attempts += 1;
@@ -392,14 +416,15 @@ impl Queue {
             })
             .min()
             .unwrap_or(now + 1);
-        let next = match throttled_until {
-            Some(until) => next.min(until.div_ceil(1000)),
-            None => next,
+        let next_ms = match throttled_until {
+            Some(until) => (next * 1000).min(until),
+            None => next * 1000,
         };
+        let next = next_ms.div_ceil(1000);
         envelope.next_attempt = next;
         self.write_envelope(&envelope).await;
-        tracing::info!(queue_id = %id, attempts = envelope.attempts, retry_in_seconds = next - now, "message deferred");
-        self.reschedule(envelope, next);
+        tracing::info!(queue_id = %id, attempts = envelope.attempts, retry_in_seconds = next.saturating_sub(now), "message deferred");
+        self.reschedule_millis(envelope, next_ms);
     }
 
     /// Hands some recipients of a message to their route's transport.
@@ -518,10 +543,14 @@ impl Queue {
         }
     }
 
-    fn reschedule(&self, mut envelope: Envelope, due: u64) {
+    fn reschedule(&self, envelope: Envelope, due: u64) {
+        self.reschedule_millis(envelope, due.saturating_mul(1000));
+    }
+
+    fn reschedule_millis(&self, mut envelope: Envelope, due_ms: u64) {
         let mut schedule = self.lock();
         let id = envelope.id.clone();
-        envelope.next_attempt = due;
+        envelope.next_attempt = due_ms.div_ceil(1000);
         let held = envelope.held;
         if let Some(entry) = schedule.entries.get_mut(&id) {
             entry.active = false;
@@ -530,7 +559,7 @@ impl Queue {
             entry.envelope = envelope;
             entry.envelope.held = held;
             if !held {
-                schedule.due.insert((due, id));
+                schedule.set_due(&id, due_ms);
             }
         }
         drop(schedule);

@@ -6,6 +6,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::Write;
 use std::path::Path;
@@ -17,6 +18,7 @@ pub struct TestPki {
     pub ca_file: tempfile::NamedTempFile,
     pub server_cert: CertificateDer<'static>,
     server_key: PrivatePkcs8KeyDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl TestPki {
@@ -69,7 +71,72 @@ impl TestPki {
             ca_file,
             server_cert: server_cert.der().clone(),
             server_key: PrivatePkcs8KeyDer::from(server_key.serialize_der()),
+            issuer,
         }
+    }
+
+    /// A client certificate for `names` signed by this CA, as PEM files (certificate, key), and its DER.
+    pub fn client_cert_files(
+        &self,
+        names: &[&str],
+    ) -> (
+        tempfile::NamedTempFile,
+        tempfile::NamedTempFile,
+        CertificateDer<'static>,
+    ) {
+        let key = KeyPair::generate().expect("client key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).expect("client params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names[0].clone());
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("client certificate");
+        let write = |text: &str| {
+            let mut f = tempfile::NamedTempFile::new().expect("temporary file");
+            f.write_all(text.as_bytes()).expect("write");
+            f.flush().expect("flush");
+            f
+        };
+        (
+            write(&cert.pem()),
+            write(&key.serialize_pem()),
+            cert.der().clone(),
+        )
+    }
+
+    /// A server configuration that asks for a client certificate signed by this CA (optional: a
+    /// client without one still gets in, and the upstream records what was presented).
+    pub fn server_config_asking_client_cert(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                rustls::pki_types::CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
+                    .expect("CA PEM"),
+            )
+            .expect("CA as a root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .expect("client verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![self.server_cert.clone()],
+                PrivateKeyDer::Pkcs8(self.server_key.clone_key()),
+            )
+            .expect("server certificate and key");
+        Arc::new(config)
     }
 
     pub fn ca_path(&self) -> &Path {

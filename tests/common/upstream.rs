@@ -236,6 +236,8 @@ pub struct Upstream {
 struct State {
     config: Mutex<UpstreamConfig>,
     tls: TlsAcceptor,
+    /// The first certificate each TLS client presented, in order.
+    client_certs: Mutex<Vec<rustls::pki_types::CertificateDer<'static>>>,
     messages: Mutex<Vec<ReceivedMessage>>,
     /// Every command line received, in order over all connections.
     commands: Mutex<Vec<String>>,
@@ -257,9 +259,20 @@ impl Upstream {
 
     /// With a given certificate (e.g. one for a name the client does not connect to).
     pub async fn start_with_pki(config: UpstreamConfig, pki: TestPki) -> Upstream {
+        let server_config = pki.server_config();
+        Self::start_with_tls(config, pki, server_config).await
+    }
+
+    /// With a given TLS server configuration (e.g. one asking for client certificates).
+    pub async fn start_with_tls(
+        config: UpstreamConfig,
+        pki: TestPki,
+        server_config: Arc<rustls::ServerConfig>,
+    ) -> Upstream {
         let state = Arc::new(State {
             config: Mutex::new(config),
-            tls: TlsAcceptor::from(pki.server_config()),
+            tls: TlsAcceptor::from(server_config),
+            client_certs: Mutex::new(Vec::new()),
             messages: Mutex::new(Vec::new()),
             commands: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
@@ -327,6 +340,11 @@ impl Upstream {
     /// Changes the behaviour for connections and commands from now on.
     pub fn configure(&self, change: impl FnOnce(&mut UpstreamConfig)) {
         change(&mut self.state.config.lock().unwrap());
+    }
+
+    /// The client certificates TLS clients presented (first of each chain).
+    pub fn client_certs(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        self.state.client_certs.lock().unwrap().clone()
     }
 
     pub fn messages(&self) -> Vec<ReceivedMessage> {
@@ -444,6 +462,14 @@ fn listen(addr: SocketAddr) -> tokio::net::TcpListener {
 }
 
 /// Per-connection state that survives STARTTLS (TLS itself resets EHLO and AUTH).
+impl State {
+    fn record_client_cert(&self, chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) {
+        if let Some(first) = chain.and_then(|c| c.first()) {
+            self.client_certs.lock().unwrap().push(first.clone());
+        }
+    }
+}
+
 struct Session {
     state: Arc<State>,
     id: u64,
@@ -517,6 +543,7 @@ async fn session(state: Arc<State>, tcp: TcpStream, id: u64) -> std::io::Result<
     if implicit {
         let mut tls = state.tls.accept(tcp).await?;
         s.tls = true;
+        state.record_client_cert(tls.get_ref().1.peer_certificates());
         if greet(&mut tls, &greeting).await? {
             s.commands(&mut BufReader::new(tls)).await?;
         }
@@ -530,6 +557,7 @@ async fn session(state: Arc<State>, tcp: TcpStream, id: u64) -> std::io::Result<
     if let Next::StartTls = s.commands(&mut reader).await? {
         let tls = state.tls.accept(reader.into_inner()).await?;
         s.tls = true;
+        state.record_client_cert(tls.get_ref().1.peer_certificates());
         s.commands(&mut BufReader::new(tls)).await?;
     }
     Ok(())

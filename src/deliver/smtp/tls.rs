@@ -2,10 +2,11 @@
 //! Certificates and host names are always verified: there is no switch to turn that off. An upstream
 //! with a private CA is trusted by adding that CA (`ca_file`), not by trusting everything.
 
+use crate::config::ClientCert;
 use anyhow::{Context, bail};
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -24,6 +25,15 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
 
 /// System roots plus the certificates in `ca_file`; TLS 1.2 and 1.3 only.
 pub(crate) fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client_config_with_cert(ca_file, None)
+}
+
+/// The same, presenting `client_cert` when the server asks for one (Microsoft 365 certificate
+/// connectors match the certificate's name against the tenant's accepted domains).
+pub(crate) fn client_config_with_cert(
+    ca_file: Option<&Path>,
+    client_cert: Option<&ClientCert>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = RootCertStore::empty();
     let (_, unusable) = roots.add_parsable_certificates(system_roots().iter().cloned());
     if unusable > 0 {
@@ -41,8 +51,39 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS configuration")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        None => config.with_no_client_auth(),
+        Some(cert) => {
+            let chain = CertificateDer::pem_file_iter(&cert.certificate)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| {
+                    format!(
+                        "cannot read client_certificate {}",
+                        cert.certificate.display()
+                    )
+                })?;
+            if chain.is_empty() {
+                bail!(
+                    "client_certificate {} contains no certificate",
+                    cert.certificate.display()
+                );
+            }
+            let key = PrivateKeyDer::from_pem_file(&cert.private_key).with_context(|| {
+                format!(
+                    "cannot read client_private_key {}",
+                    cert.private_key.display()
+                )
+            })?;
+            config.with_client_auth_cert(chain, key).with_context(|| {
+                format!(
+                    "client_certificate {} and client_private_key {} do not go together",
+                    cert.certificate.display(),
+                    cert.private_key.display()
+                )
+            })?
+        }
+    };
     Ok(Arc::new(config))
 }
 
