@@ -420,7 +420,19 @@ impl Upstream {
 
     /// Listens again on the same port.
     pub async fn go_up(&self) {
-        let listener = listen(self.addr);
+        // While we were down, a client's connection attempt to our port may have been given that very
+        // port as its local one (a TCP self-connect on loopback): wait until the port is free again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let listener = loop {
+            match try_listen(self.addr) {
+                Ok(listener) => break listener,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
+            }
+        };
         self.serve(listener);
     }
 
@@ -455,10 +467,14 @@ impl Drop for Upstream {
 
 /// SO_REUSEADDR so that `go_up` can bind the port again while old connections are in TIME_WAIT.
 fn listen(addr: SocketAddr) -> tokio::net::TcpListener {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).unwrap();
-    socket.listen(128).unwrap()
+    try_listen(addr).unwrap()
+}
+
+fn try_listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
 }
 
 /// Per-connection state that survives STARTTLS (TLS itself resets EHLO and AUTH).

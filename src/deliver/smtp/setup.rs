@@ -434,6 +434,11 @@ async fn connect_tcp(route: &SmtpRoute) -> Result<(TcpStream, Peer), Failure> {
             addr,
         };
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) if is_self_connect(&tcp) => {
+                // Nothing listens on a local port and the kernel gave us that very port: a TCP
+                // self-connect. Drop it at once, or it would hold the upstream's port.
+                errors.push(format!("{peer}: connection refused (nothing is listening)"));
+            }
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
                 return Ok((tcp, peer));
@@ -454,6 +459,10 @@ async fn connect_tcp(route: &SmtpRoute) -> Result<(TcpStream, Peer), Failure> {
         ),
     };
     Err(Failure::transient(reason))
+}
+
+fn is_self_connect(tcp: &TcpStream) -> bool {
+    matches!((tcp.local_addr(), tcp.peer_addr()), (Ok(local), Ok(peer)) if local == peer)
 }
 
 /// The TLS handshake, with the certificate and the host name verified against the route's roots.
