@@ -14,6 +14,10 @@ use std::time::Duration;
 
 /// Bounces to contoso.example land in `outbox`; everything else goes to 127.0.0.1:`port`.
 async fn relay(dir: &Path, port: u16, tls: &str, ca: Option<&Path>) -> Running {
+    relay_with(dir, port, tls, ca, "").await
+}
+
+async fn relay_with(dir: &Path, port: u16, tls: &str, ca: Option<&Path>, queue: &str) -> Running {
     let ca = ca
         .map(|p| format!("ca_file = \"{}\"", p.display()))
         .unwrap_or_default();
@@ -26,6 +30,7 @@ address = "127.0.0.1:0"
 relay_from = ["127.0.0.1"]
 [queue]
 retry = ["1h"]
+{queue}
 [[route]]
 name = "local"
 domains = ["contoso.example"]
@@ -299,6 +304,45 @@ async fn permanent_refusal_of_one_of_three_bounces_only_that_one() {
         upstream.messages().len(),
         1,
         "the others are delivered once"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_bounce_is_copied_to_ndr_copy_to() {
+    let upstream = Upstream::start(
+        UpstreamConfig::default().with_rcpt_reply("gone@example.com", "550 5.1.1 User unknown"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with(
+        dir.path(),
+        upstream.port(),
+        "none",
+        None,
+        "ndr_copy_to = \"postmaster@contoso.example\"",
+    )
+    .await;
+    send(&relay, &["gone@example.com"]).await;
+    let mut bounces = Vec::new();
+    for _ in 0..400 {
+        bounces = outbox(dir.path());
+        if !bounces.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        bounces.len(),
+        1,
+        "one bounce, to the sender and the copy address together"
+    );
+    let text = String::from_utf8_lossy(&bounces[0]);
+    assert!(
+        text.starts_with(
+            "x-sender: \r\nx-receiver: scanner@contoso.example\r\nx-receiver: postmaster@contoso.example\r\n"
+        ),
+        "{text}"
     );
     relay.shutdown().await;
 }
