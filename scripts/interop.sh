@@ -36,6 +36,8 @@ finish() {
         kill -TERM "$RELAY_PID" 2>/dev/null || true
     fi
     run_cleanup
+    # The disk-full check's tmpfs, if a failure left it mounted.
+    umount -l "$T/diskfull/data" 2>/dev/null || true
     if [ -n "$RELAY_PID" ]; then
         for _ in $(seq 1 100); do
             kill -0 "$RELAY_PID" 2>/dev/null || break
@@ -343,6 +345,74 @@ EOF
     [ "$(sink_count "$dir/sink.count")" -eq 5 ]
 }
 
+check_disk_full_tmpfs() {
+    # A real full file system: the relay's data directory on a 3 MiB tmpfs. Messages of about
+    # 550 KiB are sent until the relay answers 452 4.3.1 instead of 250; every message that got its
+    # 250 must then be delivered, and the relay must still answer. Needs root (CI runs as root).
+    local sink_port relay_port dir="$T/diskfull" pid i accepted=0 refused=0 reply
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "not root: cannot mount a tmpfs; skipped"
+        return 0
+    fi
+    read -r sink_port relay_port <<<"$(free_ports 2)"
+    mkdir -p "$dir/data"
+    mount -t tmpfs -o size=3m tmpfs "$dir/data"
+    cat >"$dir/smarthost.toml" <<CONFIG
+data_dir = "$dir/data"
+hostname = "relay.test"
+
+[[listener]]
+address = "127.0.0.1:$relay_port"
+relay_from = ["127.0.0.1/32"]
+
+[queue]
+retry = ["1s"]
+min_free_space = 0
+
+[[route]]
+name = "sink"
+domains = ["*"]
+transport = "smtp"
+host = "127.0.0.1"
+port = $sink_port
+tls = "none"
+CONFIG
+    NO_COLOR=1 "$BIN" serve --config "$dir/smarthost.toml" >"$dir/stdout" 2>"$dir/stderr" &
+    pid=$!
+    track_pid "$pid"
+    wait_for_port "$relay_port" 30 || { tail -n 20 "$dir/stderr"; return 1; }
+    head -c 409600 /dev/urandom | base64 -w 76 >"$dir/body.txt"
+    for i in $(seq 1 12); do
+        timeout 60 swaks --server 127.0.0.1 --port "$relay_port" --from d@src.test --to "d$i@example.com" \
+            --header "Subject: diskfull $i" --body "$dir/body.txt" --timeout 30 >"$dir/swaks.$i" 2>&1 || true
+        # The reply to the end of data is the line before swaks' QUIT.
+        reply=$(grep -E '^<[-*~]* +[0-9]{3} ' "$dir/swaks.$i" | tail -n 2 | head -n 1 || true)
+        case "$reply" in
+            *" 250 "*) accepted=$((accepted + 1)) ;;
+            *" 452 4.3.1"*) refused=$((refused + 1)) ;;
+            *)
+                echo "unexpected reply for message $i: $reply"
+                tail -n 8 "$dir/swaks.$i"
+                return 1
+                ;;
+        esac
+    done
+    echo "accepted $accepted, refused $refused with 452 4.3.1"
+    [ "$refused" -gt 0 ] || { echo "the file system never filled up"; return 1; }
+    [ "$accepted" -gt 0 ] || { echo "nothing was accepted at all"; return 1; }
+    start_sink "$sink_port" "$dir/sink.count"
+    if ! wait_sink_count "$dir/sink.count" "$accepted" 60; then
+        echo "the sink counted $(sink_count "$dir/sink.count") of $accepted within 60 s"
+        tail -n 20 "$dir/stderr"
+        return 1
+    fi
+    echo "the sink counted $(sink_count "$dir/sink.count") messages"
+    kill -0 "$pid"
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    umount "$dir/data"
+}
+
 check_smtp_source_to_sink() {
     local before after
     before=$(sink_count "$T/sink.count")
@@ -496,6 +566,7 @@ check oversized-message-552 check_oversized_refused
 check postfix-smtp-client-to-smarthost check_postfix_client
 check starttls-verified-to-postfix-smtpd check_starttls_to_postfix
 check starttls-required-never-plaintext check_tls_required_not_offered
+check disk-full-tmpfs-452-nothing-lost check_disk_full_tmpfs
 
 # Inbound checks (listeners with STARTTLS/implicit TLS, AUTH, limits) live in their own file and
 # start their own relay; they report through check() like the rest.

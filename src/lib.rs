@@ -10,6 +10,7 @@ pub mod control;
 pub mod deliver;
 pub mod ingest;
 pub mod pickup;
+pub mod policy;
 pub mod queue;
 pub mod route;
 pub mod server;

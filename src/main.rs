@@ -51,6 +51,10 @@ enum Command {
         #[command(subcommand)]
         command: smarthost::cli::oauth::OauthCommand,
     },
+    /// Hash a password for a [[user]] of inbound AUTH and print the line for its password_hash.
+    /// Reads the password twice from the terminal without echo, or the first line of stdin when
+    /// that is not a terminal.
+    Passwd,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +123,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("smarthost: {e}");
                 ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Passwd => match smarthost::cli::passwd::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("smarthost: {e:#}");
+                ExitCode::FAILURE
             }
         },
     }

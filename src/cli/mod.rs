@@ -4,5 +4,6 @@ pub mod badmail;
 pub mod check_config;
 pub mod explain;
 pub mod oauth;
+pub mod passwd;
 pub mod queue;
 pub mod serve;

@@ -3,19 +3,20 @@
 
 use crate::bounce::badmail::Badmail;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, TlsMode, Transport};
+use crate::config::{Config, ListenerConfig, ListenerTls, TlsMode, TlsVersion, Transport};
 use crate::deliver::Transporter;
 use crate::ingest::Ingest;
 use crate::ingest::Store;
+use crate::policy::lockout::Lockout;
+use crate::policy::users::UserDb;
 use crate::queue::Queue;
 use crate::route::Router;
-use crate::server::{self, BoundListener, ServerContext};
+use crate::server::{self, ServerContext};
 use crate::spool::{Recovered, Spool};
 use anyhow::Context;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// A relay that is up: its listeners are bound and its queue runs.
@@ -83,7 +84,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     })?);
     let store = Arc::new(Store::new(
         spool.clone(),
-        clock,
+        clock.clone(),
         config.hostname.clone(),
         config.queue.min_free_space,
     ));
@@ -125,18 +126,11 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         tracing::info!(messages = waiting, "messages recovered from the spool");
     }
 
-    let mut listeners = Vec::new();
-    let mut local_addrs = Vec::new();
-    for listener in &config.listeners {
-        let bound = TcpListener::bind(listener.address)
-            .await
-            .with_context(|| format!("cannot listen on {}", listener.address))?;
-        local_addrs.push(bound.local_addr()?);
-        listeners.push(BoundListener {
-            listener: bound,
-            config: listener.clone(),
-        });
-    }
+    let listeners = server::bind(&config.listeners)?;
+    let local_addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ingest = Ingest::new(store, queue.clone());
@@ -161,6 +155,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         limits: config.limits.clone(),
         router,
         ingest,
+        users: Arc::new(UserDb::new(&config.users)),
+        lockout: Lockout::new(config.auth_lockout.clone()),
+        clock: clock.clone(),
     });
     let runner = tokio::spawn(queue.clone().run(shutdown_rx.clone()));
     let server = tokio::spawn(server::run(listeners, context, shutdown_rx));
@@ -195,14 +192,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn describe(config: &Config, bound: &[SocketAddr]) -> String {
     let mut out = String::from("smarthost is running.\n");
     for (l, addr) in config.listeners.iter().zip(bound) {
-        let relay: Vec<String> = l.relay_from.iter().map(|n| n.to_string()).collect();
         out.push_str(&format!(
-            "  listening on {addr} (relay allowed from {})\n",
-            if relay.is_empty() {
-                "nobody".to_string()
-            } else {
-                relay.join(", ")
-            }
+            "  listening on {addr} ({})\n",
+            listener_summary(l)
         ));
     }
     out.push_str(&format!(
@@ -251,6 +243,42 @@ fn describe(config: &Config, bound: &[SocketAddr]) -> String {
         ));
     }
     out
+}
+
+/// "STARTTLS (TLS 1.2+), AUTH after TLS, relay allowed from 10.0.0.0/8 or after AUTH".
+fn listener_summary(l: &ListenerConfig) -> String {
+    let min = match l.min_tls {
+        TlsVersion::Tls10 => "1.0",
+        TlsVersion::Tls11 => "1.1",
+        TlsVersion::Tls12 => "1.2",
+        TlsVersion::Tls13 => "1.3",
+    };
+    let mut parts = Vec::new();
+    match l.tls {
+        ListenerTls::None => {}
+        ListenerTls::StartTls => parts.push(format!("STARTTLS (TLS {min}+)")),
+        ListenerTls::Implicit => parts.push(format!("implicit TLS (TLS {min}+)")),
+    }
+    if l.require_auth {
+        parts.push("AUTH required".to_string());
+    } else if l.auth && l.allow_plaintext_auth {
+        parts.push("AUTH, also without TLS".to_string());
+    } else if l.auth {
+        parts.push("AUTH after TLS".to_string());
+    }
+    let relay: Vec<String> = l.relay_from.iter().map(|n| n.to_string()).collect();
+    let by_auth = if l.auth { " or after AUTH" } else { "" };
+    if !l.require_auth {
+        parts.push(if relay.is_empty() {
+            format!("relay allowed from nobody{by_auth}")
+        } else {
+            format!("relay allowed from {}{by_auth}", relay.join(", "))
+        });
+    }
+    if !l.allow_from.is_empty() || !l.deny_from.is_empty() {
+        parts.push("connections restricted by allow_from/deny_from".to_string());
+    }
+    parts.join(", ")
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -12,15 +12,17 @@
 //! the start and not the first delivery; a client certificate about to expire is a warning
 //! ([`Config::warnings`]), not an error.
 //!
-//! One file per part: `sections` (top level, listeners, limits, queue), `routes` (every route),
+//! One file per part: `sections` (top level, limits, queue), `listeners`, `routes` (every route),
 //! `m365` (the `mode` presets), `smtp`, `graph` and `oauth` (the transports and their credentials),
-//! `mailbox` (`[route.limits]`, sender rewriting), `secrets`, `schedule`, `keys` (which keys
-//! exist where), `values` (value syntaxes) and `document` (typed, spanned access and the report).
+//! `mailbox` (`[route.limits]`, sender rewriting), `users` (`[[user]]`, `[auth_lockout]`),
+//! `secrets`, `schedule`, `keys` (which keys exist where), `values` (value syntaxes) and `document`
+//! (typed, spanned access and the report).
 
 mod defaults;
 mod document;
 mod graph;
 mod keys;
+mod listeners;
 mod m365;
 mod mailbox;
 mod oauth;
@@ -29,6 +31,7 @@ mod schedule;
 mod secrets;
 mod sections;
 mod smtp;
+mod users;
 mod values;
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ impl ListenerConfig {
             auth: false,
             require_auth: false,
             allow_plaintext_auth: false,
-            max_connections_per_ip: 100,
+            max_connections_per_ip: 50,
             max_messages_per_connection: 1000,
             session_timeout: Duration::from_secs(3600),
         }

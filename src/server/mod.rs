@@ -1,19 +1,42 @@
-//! The SMTP listener: accept loop, connection limit, graceful shutdown (after tokio-rs/mini-redis).
+//! The SMTP listeners: binding, accept loop, connect-time policy, connection limits, graceful
+//! shutdown (after tokio-rs/mini-redis).
 //!
 //! [`run`] takes already-bound listeners and a shutdown signal, so tests bind `127.0.0.1:0`. On
 //! shutdown it stops accepting; sessions waiting for a command are told `421` and closed, sessions
 //! in the middle of DATA may finish within [`SHUTDOWN_GRACE`]; then the rest are cut (their messages
 //! were never acknowledged, so the clients will send them again).
+//!
+//! A new connection is checked in this order, each refusal logged:
+//! 1. `allow_from`/`deny_from`: `554 5.7.1 <ip> is not allowed to connect`, closed (IIS: Connection
+//!    control).
+//! 2. `[limits] max_connections` over all listeners: `421 4.7.0 ... Too many connections`.
+//! 3. the listener's `max_connections_per_ip`: `421 4.7.0 Too many connections from your address`.
+//! 4. on a listener with `require_auth`, an address locked out for failed AUTH: `421 4.7.0`
+//!    (nothing could be done there without AUTH). Elsewhere such a client keeps its session and
+//!    only AUTH is refused, so that a device relaying by `relay_from` from the same address goes on.
+//!
+//! On an implicit-TLS listener a refused client is simply closed: it expects a handshake, not text.
 
+mod access;
 mod session;
+mod stream;
+pub mod tls;
 
-use crate::config::{Limits, ListenerConfig};
+use crate::clock::Clock;
+use crate::config::{Limits, ListenerConfig, ListenerTls, canonical_ip};
 use crate::ingest::Ingest;
+use crate::policy::lockout::Lockout;
+use crate::policy::users::UserDb;
 use crate::route::Router;
+use crate::smtp::Reply;
+use access::ConnectionsPerIp;
+use anyhow::Context;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tls::InboundTls;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// How long sessions in DATA may go on after shutdown was asked for.
@@ -26,13 +49,108 @@ pub struct ServerContext {
     pub limits: Limits,
     pub router: Router,
     pub ingest: Ingest,
+    /// The `[[user]]`s of inbound AUTH.
+    pub users: Arc<UserDb>,
+    /// Failed AUTH per client address, over all listeners.
+    pub lockout: Lockout,
+    /// For the lockout (tests drive it with a manual clock).
+    pub clock: Arc<dyn Clock>,
 }
 
-/// One bound listener with its configuration.
+/// A listener as sessions see it: its configuration and what was built from it.
+#[derive(Debug)]
+struct Listener {
+    config: ListenerConfig,
+    /// Present unless `tls = "none"`.
+    tls: Option<InboundTls>,
+    per_ip: Arc<ConnectionsPerIp>,
+}
+
+/// One bound listener, ready for [`run`].
 #[derive(Debug)]
 pub struct BoundListener {
-    pub listener: TcpListener,
-    pub config: ListenerConfig,
+    listener: TcpListener,
+    state: Arc<Listener>,
+}
+
+impl BoundListener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Binds every listener and loads its certificate. Must be called inside the tokio runtime.
+///
+/// An IPv6 wildcard (`[::]:25`) takes IPv4 clients too (dual stack), unless another listener has an
+/// IPv4 address on the same port; then each takes its own family (as `[::]` and `0.0.0.0` together
+/// would otherwise conflict).
+pub fn bind(configs: &[ListenerConfig]) -> anyhow::Result<Vec<BoundListener>> {
+    let mut bound = Vec::new();
+    for config in configs {
+        let tls = match (config.tls, &config.certificate, &config.private_key) {
+            (ListenerTls::None, _, _) => None,
+            (_, Some(certificate), Some(private_key)) => Some(
+                InboundTls::load(certificate, private_key, config.min_tls)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("listener {}", config.address))?,
+            ),
+            _ => anyhow::bail!(
+                "listener {}: TLS needs `certificate` and `private_key`",
+                config.address
+            ),
+        };
+        let address = config.address;
+        let v6_only = address.is_ipv6()
+            && configs
+                .iter()
+                .any(|other| other.address.is_ipv4() && other.address.port() == address.port());
+        let listener = listen(address, v6_only).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::PermissionDenied if address.port() < 1024 => {
+                    " (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability, e.g. \
+                     `setcap cap_net_bind_service=+ep` on the binary, or AmbientCapabilities= in \
+                     the systemd unit)"
+                }
+                std::io::ErrorKind::AddrInUse => {
+                    " (another program listens there already: IIS SMTP, Postfix, another \
+                     smarthost?)"
+                }
+                std::io::ErrorKind::AddrNotAvailable => {
+                    " (no network interface of this machine has that address)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("cannot listen on {address}: {e}{hint}")
+        })?;
+        bound.push(BoundListener {
+            listener,
+            state: Arc::new(Listener {
+                config: config.clone(),
+                tls,
+                per_ip: ConnectionsPerIp::new(config.max_connections_per_ip),
+            }),
+        });
+    }
+    Ok(bound)
+}
+
+fn listen(address: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    // As tokio and std do on Unix: a restart must not wait for old connections' TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(v6_only)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Serves every listener until `shutdown` turns true, then drains sessions.
@@ -46,7 +164,6 @@ pub async fn run(
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(64);
     let mut acceptors = JoinSet::new();
     for bound in listeners {
-        let config = Arc::new(bound.config);
         let tx = accepted_tx.clone();
         let mut shutdown = shutdown.clone();
         acceptors.spawn(async move {
@@ -57,7 +174,7 @@ pub async fn run(
                     accepted = bound.listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             backoff = Duration::from_millis(10);
-                            if tx.send((stream, peer, config.clone())).await.is_err() {
+                            if tx.send((stream, peer, bound.state.clone())).await.is_err() {
                                 return;
                             }
                         }
@@ -79,19 +196,11 @@ pub async fn run(
         tokio::select! {
             _ = shutdown_rx.changed() => if *shutdown_rx.borrow() { break },
             next = accepted_rx.recv() => {
-                let Some((stream, peer, config)) = next else { break };
-                let permit = connections.clone().try_acquire_owned();
+                let Some((stream, peer, listener)) = next else { break };
+                let permit = connections.clone().try_acquire_owned().ok();
                 let context = context.clone();
                 let shutdown = shutdown.clone();
-                sessions.spawn(async move {
-                    match permit {
-                        Ok(permit) => {
-                            session::handle(stream, peer, config, context, shutdown).await;
-                            drop(permit);
-                        }
-                        Err(_) => session::refuse_busy(stream, peer, &context.hostname).await,
-                    }
-                });
+                sessions.spawn(connection(stream, peer, listener, context, permit, shutdown));
                 while sessions.try_join_next().is_some() {}
             }
         }
@@ -116,4 +225,51 @@ pub async fn run(
         );
         sessions.shutdown().await;
     }
+}
+
+/// The connect-time checks (see the module docs), then the session.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    context: Arc<ServerContext>,
+    permit: Option<OwnedSemaphorePermit>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let ip = canonical_ip(peer.ip());
+    let address = listener.config.address;
+    if !access::may_connect(&listener.config, ip) {
+        tracing::warn!(client = %peer, listener = %address, "connection refused: address not allowed to connect (allow_from/deny_from)");
+        let reply = Reply::new(554, format!("5.7.1 {ip} is not allowed to connect"));
+        return session::refuse(stream, &listener, reply).await;
+    }
+    let Some(permit) = permit else {
+        tracing::warn!(client = %peer, listener = %address, max = context.limits.max_connections, "connection refused: too many connections (max_connections)");
+        let reply = Reply::new(
+            421,
+            format!(
+                "4.7.0 {} Too many connections, try again later",
+                context.hostname
+            ),
+        );
+        return session::refuse(stream, &listener, reply).await;
+    };
+    let Some(slot) = listener.per_ip.try_take(ip) else {
+        tracing::warn!(client = %peer, listener = %address, max = listener.config.max_connections_per_ip, "connection refused: too many connections from this address (max_connections_per_ip)");
+        let reply = Reply::new(421, "4.7.0 Too many connections from your address");
+        return session::refuse(stream, &listener, reply).await;
+    };
+    if listener.config.require_auth
+        && let Some(until) = context.lockout.is_locked(ip, context.clock.now())
+    {
+        tracing::warn!(client = %peer, listener = %address, until, "connection refused: address locked out after failed AUTH attempts");
+        let reply = Reply::new(
+            421,
+            "4.7.0 Too many failed authentication attempts from your address, try again later",
+        );
+        return session::refuse(stream, &listener, reply).await;
+    }
+    session::handle(stream, peer, listener, context, shutdown).await;
+    drop(slot);
+    drop(permit);
 }

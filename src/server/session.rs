@@ -3,19 +3,37 @@
 //! Replies to pipelined commands (RFC 2920) are collected and written when no complete command is
 //! left in the input buffer, so a client that pipelines gets its replies in one write and a client
 //! that does not gets each reply at once. A message is acknowledged (`250` after DATA) only after
-//! [`Ingest::submit`] has stored it durably.
+//! [`Ingest::submit`](crate::ingest::Ingest::submit) has stored it durably.
+//!
+//! Invariants:
+//! - Time: a command line must be complete within `command_timeout` of the moment the session began
+//!   waiting for it (a client dribbling one byte at a time does not restart the clock); each chunk
+//!   of DATA must come within `data_timeout`; the whole session ends at the listener's
+//!   `session_timeout`, however busy. Each ends with `421 4.4.2`.
+//! - STARTTLS (RFC 3207): whatever the client sent after the STARTTLS line, before the handshake, is
+//!   discarded and never executed (the STARTTLS command-injection class of bugs); after the
+//!   handshake the session starts over: no HELO, no transaction, no authentication.
+//! - AUTH is offered in EHLO, and accepted, only on a listener with `auth` and only over TLS unless
+//!   the listener has `allow_plaintext_auth`. SASL responses and passwords are never logged.
+//! - A client may name recipients when its address is in `relay_from` or it has authenticated.
 
-use super::ServerContext;
-use crate::config::{ListenerConfig, canonical_ip};
+mod auth;
+
+use super::stream::SessionStream;
+use super::tls::{TlsInfo, handshake_hint};
+use super::{Listener, ServerContext};
+use crate::config::{ListenerTls, canonical_ip};
 use crate::ingest::{IngestError, Origin, Submission};
 use crate::smtp::Reply;
 use crate::smtp::command::{BodyType, Command, MAX_COMMAND_LINE, parse_command};
 use crate::smtp::data::{DataReceiver, DataStatus};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Errors (unknown commands, bad syntax, refused recipients) after which the session is closed.
 const MAX_ERRORS: u32 = 20;
@@ -23,9 +41,9 @@ const MAX_ERRORS: u32 = 20;
 /// Why a session ended early.
 #[derive(Debug)]
 enum Closed {
-    /// The client went away, or the socket failed.
+    /// The client went away, the socket failed, or the TLS handshake did.
     Gone,
-    /// We said 421 (timeout, shutdown, too many errors).
+    /// We said 421 (timeout, shutdown, too many errors or messages).
     Said421,
 }
 
@@ -35,31 +53,47 @@ struct Transaction {
     recipients: Vec<String>,
 }
 
-struct Session<S> {
-    stream: S,
+/// A line read while waiting for a command (or a SASL response).
+enum Line {
+    Complete(Vec<u8>),
+    /// Longer than [`MAX_COMMAND_LINE`]; its bytes were skipped.
+    TooLong,
+}
+
+struct Session {
+    stream: SessionStream,
     context: Arc<ServerContext>,
-    listener: Arc<ListenerConfig>,
+    listener: Arc<Listener>,
     peer: SocketAddr,
     client_ip: IpAddr,
     helo: Option<String>,
     esmtp: bool,
     transaction: Option<Transaction>,
+    /// Set once the TLS handshake (STARTTLS or implicit) has succeeded.
+    tls: Option<TlsInfo>,
+    /// The `[[user]]` the client authenticated as.
+    user: Option<String>,
     errors: u32,
-    messages: u32,
+    messages: usize,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// Set while the rest of an over-long line is being skipped.
+    skipping_long_line: bool,
+    /// When the command being waited for must be complete; `None` until the session starts waiting.
+    command_deadline: Option<Instant>,
+    /// When the whole session must end (`session_timeout`).
+    session_deadline: Instant,
     shutdown: watch::Receiver<bool>,
 }
 
-/// Answers a client that arrives when all connection slots are taken.
-pub(super) async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, hostname: &str) {
-    tracing::warn!(client = %peer, "connection refused: too many connections");
-    let reply = Reply::new(
-        421,
-        format!("4.7.0 {hostname} Too many connections, try again later"),
-    );
+/// Answers a client that may not have a session (busy, address not allowed, locked out) and closes.
+/// On an implicit-TLS listener nothing is written: the client expects a TLS handshake, not text.
+pub(super) async fn refuse(mut stream: TcpStream, listener: &Listener, reply: Reply) {
+    if listener.config.tls == ListenerTls::Implicit {
+        return;
+    }
     let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
+        Duration::from_secs(5),
         stream.write_all(reply.to_wire().as_bytes()),
     )
     .await;
@@ -68,13 +102,14 @@ pub(super) async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, hostnam
 pub(super) async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
-    listener: Arc<ListenerConfig>,
+    listener: Arc<Listener>,
     context: Arc<ServerContext>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let session_deadline = Instant::now() + listener.config.session_timeout;
     let mut session = Session {
-        stream,
+        stream: SessionStream::Plain(stream),
         context,
         listener,
         peer,
@@ -82,79 +117,118 @@ pub(super) async fn handle(
         helo: None,
         esmtp: false,
         transaction: None,
+        tls: None,
+        user: None,
         errors: 0,
         messages: 0,
         input: Vec::with_capacity(8192),
         output: Vec::with_capacity(1024),
+        skipping_long_line: false,
+        command_deadline: None,
+        session_deadline,
         shutdown,
     };
-    tracing::info!(client = %session.peer, "session opened");
+    tracing::info!(client = %session.peer, listener = %session.listener.config.address, "session opened");
     let outcome = session.serve().await;
-    // A 421 queued by the last command still goes out.
+    // A 421 queued by the last command still goes out; TLS says close_notify.
     let _ = session.flush().await;
-    tracing::info!(client = %session.peer, messages = session.messages, ?outcome, "session closed");
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.stream.shutdown()).await;
+    tracing::info!(
+        client = %session.peer,
+        messages = session.messages,
+        user = session.user.as_deref().unwrap_or("-"),
+        ?outcome,
+        "session closed"
+    );
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl Session {
     async fn serve(&mut self) -> Result<(), Closed> {
+        if self.listener.config.tls == ListenerTls::Implicit {
+            self.start_tls().await?;
+        }
         let banner = Reply::new(
             220,
             format!("{} ESMTP smarthost ready", self.context.hostname),
         );
         self.queue_reply(&banner);
         self.flush().await?;
-        // Set while the rest of an over-long line is being skipped.
-        let mut skipping_long_line = false;
         loop {
-            // Answer every complete command already received (pipelining).
-            while let Some(end) = memchr_lf(&self.input) {
-                let line: Vec<u8> = self.input.drain(..=end).collect();
-                if std::mem::take(&mut skipping_long_line) {
+            let line = match self.next_line().await? {
+                Line::Complete(line) => line,
+                Line::TooLong => {
                     self.error_reply(Reply::new(500, "5.5.2 Line too long"))?;
                     continue;
                 }
-                match self.command(&line).await? {
-                    Next::Continue => {}
-                    Next::Quit => {
-                        self.flush().await?;
-                        return Ok(());
-                    }
+            };
+            if let Next::Quit = self.command(&line).await? {
+                self.flush().await?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next line from the client. Replies collected so far are written only when no complete
+    /// line is waiting in the input (pipelining).
+    async fn next_line(&mut self) -> Result<Line, Closed> {
+        loop {
+            if let Some(end) = memchr::memchr(b'\n', &self.input) {
+                let line: Vec<u8> = self.input.drain(..=end).collect();
+                self.command_deadline = None;
+                if std::mem::take(&mut self.skipping_long_line) {
+                    return Ok(Line::TooLong);
                 }
+                return Ok(Line::Complete(line));
             }
             if self.input.len() > MAX_COMMAND_LINE {
                 self.input.clear();
-                skipping_long_line = true;
+                self.skipping_long_line = true;
             }
             self.flush().await?;
             self.read_command_input().await?;
         }
     }
 
-    /// Reads more input while waiting for a command: bounded by the command timeout and interrupted
-    /// by shutdown.
+    /// Reads more input while waiting for a command: bounded by the command's deadline (set when the
+    /// wait began, not moved by partial input) and the session's, and interrupted by shutdown.
     async fn read_command_input(&mut self) -> Result<(), Closed> {
-        let timeout = self.context.limits.command_timeout;
         let mut shutdown = self.shutdown.clone();
         if *shutdown.borrow() {
             return self
                 .say_421("4.3.2 Service shutting down, try again later")
                 .await;
         }
+        let timeout = self.context.limits.command_timeout;
+        let deadline = *self
+            .command_deadline
+            .get_or_insert_with(|| Instant::now() + timeout);
+        let until = deadline.min(self.session_deadline);
         self.input.reserve(8192);
         let read = tokio::select! {
-            read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input)) => read,
+            read = tokio::time::timeout_at(until, self.stream.read_buf(&mut self.input)) => read,
             _ = shutdown.changed() => {
                 return self.say_421("4.3.2 Service shutting down, try again later").await;
             }
         };
         match read {
             Err(_) => {
-                tracing::info!(client = %self.peer, "command timeout");
-                self.say_421("4.4.2 Timeout waiting for a command, closing connection")
+                self.timed_out("4.4.2 Timeout waiting for a command, closing connection")
                     .await
             }
             Ok(Ok(0)) | Ok(Err(_)) => Err(Closed::Gone),
             Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// A deadline passed: the session's own, or the one `text` is about.
+    async fn timed_out(&mut self, text: &str) -> Result<(), Closed> {
+        if Instant::now() >= self.session_deadline {
+            tracing::info!(client = %self.peer, limit = ?self.listener.config.session_timeout, "session time limit reached");
+            self.say_421("4.4.2 Session time limit exceeded, closing connection")
+                .await
+        } else {
+            tracing::info!(client = %self.peer, "{}", text.trim_start_matches("4.4.2 "));
+            self.say_421(text).await
         }
     }
 
@@ -171,7 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// A reply that counts as a client error; too many of them end the session.
     fn error_reply(&mut self, reply: Reply) -> Result<(), Closed> {
-        tracing::debug!(client = %self.peer, reply = %reply, "client error");
+        tracing::debug!(client = %self.peer, reply = %reply.one_line(), "client error");
         self.queue_reply(&reply);
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
@@ -187,12 +261,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
+    /// Writes the collected replies, within the command timeout (and a little past the session's
+    /// end, so that its 421 still goes out).
     async fn flush(&mut self) -> Result<(), Closed> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let timeout = self.context.limits.command_timeout;
-        let written = tokio::time::timeout(timeout, self.stream.write_all(&self.output)).await;
+        let now = Instant::now();
+        let until = (now + self.context.limits.command_timeout)
+            .min(self.session_deadline.max(now + Duration::from_secs(5)));
+        let written = tokio::time::timeout_at(until, async {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await
+        })
+        .await;
         self.output.clear();
         match written {
             Ok(Ok(())) => Ok(()),
@@ -208,7 +290,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(Next::Continue);
             }
         };
-        tracing::debug!(client = %self.peer, ?command, "command");
+        if let Command::Auth { mechanism, .. } = &command {
+            // Never the initial response: it holds the password.
+            tracing::debug!(client = %self.peer, "command: AUTH {mechanism} <redacted>");
+        } else {
+            tracing::debug!(client = %self.peer, ?command, "command");
+        }
         match command {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Helo(name) => self.hello(name, false),
@@ -232,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 214,
                 vec![
                     "2.0.0 smarthost relay; commands:".into(),
-                    "2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY".into(),
+                    "2.0.0 EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT HELP VRFY".into(),
                 ],
             )),
             Command::Vrfy(_) => self.queue_reply(&Reply::new(
@@ -242,20 +329,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Command::Expn(_) => {
                 self.error_reply(Reply::new(502, "5.5.1 EXPN is not supported"))?;
             }
-            Command::StartTls => {
-                self.error_reply(Reply::new(
-                    502,
-                    "5.5.1 STARTTLS is not offered on this listener",
-                ))?;
-            }
-            Command::Auth { .. } => {
-                self.error_reply(Reply::new(
-                    502,
-                    "5.5.1 AUTH is not offered on this listener",
-                ))?;
-            }
+            Command::StartTls => self.starttls().await?,
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(&mechanism, initial_response).await?,
         }
         Ok(Next::Continue)
+    }
+
+    fn starttls_offered(&self) -> bool {
+        self.listener.config.tls == ListenerTls::StartTls && self.tls.is_none()
     }
 
     fn hello(&mut self, name: String, esmtp: bool) {
@@ -267,21 +351,102 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         );
         self.helo = Some(name);
         let reply = if esmtp {
-            Reply::multiline(
-                250,
-                vec![
-                    greeting,
-                    "PIPELINING".into(),
-                    format!("SIZE {}", self.context.limits.max_message_size),
-                    "8BITMIME".into(),
-                    "ENHANCEDSTATUSCODES".into(),
-                    "SMTPUTF8".into(),
-                ],
-            )
+            let mut lines = vec![
+                greeting,
+                "PIPELINING".into(),
+                format!("SIZE {}", self.context.limits.max_message_size),
+                "8BITMIME".into(),
+                "ENHANCEDSTATUSCODES".into(),
+                "SMTPUTF8".into(),
+            ];
+            if self.starttls_offered() {
+                lines.push("STARTTLS".into());
+            }
+            if self.auth_offered() {
+                let mechanisms = crate::policy::sasl_server::MECHANISMS.join(" ");
+                lines.push(format!("AUTH {mechanisms}"));
+                // The pre-RFC form, still expected by old Outlook versions and some devices.
+                lines.push(format!("AUTH={mechanisms}"));
+            }
+            Reply::multiline(250, lines)
         } else {
             Reply::new(250, greeting)
         };
         self.queue_reply(&reply);
+    }
+
+    /// STARTTLS (RFC 3207): `220`, then the handshake; what was pipelined after it is dropped.
+    async fn starttls(&mut self) -> Result<(), Closed> {
+        if self.listener.config.tls != ListenerTls::StartTls {
+            return self.error_reply(Reply::new(
+                502,
+                "5.5.1 STARTTLS is not offered on this listener",
+            ));
+        }
+        if self.tls.is_some() {
+            return self.error_reply(Reply::new(503, "5.5.1 TLS is already active"));
+        }
+        self.queue_reply(&Reply::new(220, "2.0.0 Ready to start TLS"));
+        self.flush().await?;
+        if !self.input.is_empty() {
+            tracing::warn!(
+                client = %self.peer,
+                bytes = self.input.len(),
+                "discarding what the client sent after STARTTLS before the TLS handshake; it is \
+                 never executed (RFC 3207: possible command injection)"
+            );
+            self.input.clear();
+        }
+        self.skipping_long_line = false;
+        self.start_tls().await
+    }
+
+    /// The TLS handshake, then a fresh session state (RFC 3207 §4.2).
+    async fn start_tls(&mut self) -> Result<(), Closed> {
+        let listener = self.listener.clone();
+        let (Some(tls), Some(plain)) = (listener.tls.as_ref(), self.stream.take_plain()) else {
+            return Err(Closed::Gone);
+        };
+        let until =
+            (Instant::now() + self.context.limits.command_timeout).min(self.session_deadline);
+        let mut shutdown = self.shutdown.clone();
+        let handshake = async {
+            tokio::select! {
+                done = tokio::time::timeout_at(until, tls.accept(plain)) => Some(done),
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            }
+        };
+        let Some(done) = handshake.await else {
+            tracing::info!(client = %self.peer, "TLS handshake abandoned: shutting down");
+            return Err(Closed::Gone);
+        };
+        match done {
+            Ok(Ok((stream, info))) => {
+                self.stream = SessionStream::Tls(Box::new(stream));
+                tracing::info!(client = %self.peer, version = %info.version, cipher = %info.cipher, "TLS established");
+                self.tls = Some(info);
+                self.helo = None;
+                self.esmtp = false;
+                self.transaction = None;
+                self.user = None;
+                self.command_deadline = None;
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                let error = error.to_string();
+                match handshake_hint(&error, listener.config.min_tls) {
+                    Some(hint) => {
+                        tracing::warn!(client = %self.peer, %error, "TLS handshake failed: {hint}")
+                    }
+                    None => tracing::warn!(client = %self.peer, %error, "TLS handshake failed"),
+                }
+                Err(Closed::Gone)
+            }
+            Err(_) => {
+                tracing::info!(client = %self.peer, "TLS handshake timed out");
+                Err(Closed::Gone)
+            }
+        }
     }
 
     fn mail(&mut self, mail: crate::smtp::command::MailFrom) -> Result<(), Closed> {
@@ -290,6 +455,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if self.transaction.is_some() {
             return self.error_reply(Reply::new(503, "5.5.1 Sender already specified"));
+        }
+        let max_messages = self.listener.config.max_messages_per_connection;
+        if self.messages >= max_messages {
+            tracing::info!(client = %self.peer, max_messages, "closing: max_messages_per_connection reached");
+            self.queue_reply(&Reply::new(
+                421,
+                format!(
+                    "4.7.0 {} Too many messages in this connection, reconnect to send more",
+                    self.context.hostname
+                ),
+            ));
+            return Err(Closed::Said421);
+        }
+        if self.listener.config.require_auth && self.user.is_none() {
+            return self.error_reply(Reply::new(530, "5.7.0 Authentication required"));
         }
         if !mail.address.is_empty() && !crate::smtp::command::is_valid_mailbox(&mail.address) {
             return self.error_reply(Reply::new(501, "5.1.7 Bad sender address syntax"));
@@ -309,6 +489,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 552,
                 format!("5.3.4 Message size exceeds the limit of {max} bytes"),
             ));
+        }
+        if let Some(user) = &self.user
+            && !self.context.users.may_send_as(user, &mail.address)
+        {
+            tracing::warn!(client = %self.peer, %user, from = %mail.address, "sender refused: not in the user's allowed_senders");
+            let text = format!(
+                "5.7.1 Sender address <{}> not allowed for user {user}",
+                mail.address
+            );
+            return self.error_reply(Reply::new(550, text));
         }
         self.queue_reply(&Reply::new(
             250,
@@ -341,12 +531,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "5.6.7 Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM",
             ));
         }
-        if !self.listener.may_relay(self.client_ip) {
-            tracing::warn!(client = %self.peer, to = %address, "relay denied: client not in relay_from");
+        if self.user.is_none() && !self.listener.config.may_relay(self.client_ip) {
+            tracing::warn!(client = %self.peer, to = %address, "relay denied: client not in relay_from and not authenticated");
+            let hint = if self.auth_offered() {
+                " (authenticate first)"
+            } else {
+                ""
+            };
             return self.error_reply(Reply::new(
                 550,
                 format!(
-                    "5.7.1 Relaying denied: {} is not allowed to relay through this server",
+                    "5.7.1 Relaying denied: {} is not allowed to relay through this server{hint}",
                     self.client_ip
                 ),
             ));
@@ -378,6 +573,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
+    /// The `with` keyword of the Received header (RFC 3848).
+    fn protocol(&self) -> &'static str {
+        match (self.esmtp, self.tls.is_some(), self.user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        }
+    }
+
     async fn data(&mut self) -> Result<(), Closed> {
         match &self.transaction {
             None => return self.error_reply(Reply::new(503, "5.5.1 Need MAIL command first")),
@@ -397,16 +603,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut chunk = Vec::with_capacity(64 * 1024);
         while status == DataStatus::NeedMore {
             chunk.clear();
-            let read = tokio::time::timeout(
-                self.context.limits.data_timeout,
-                self.stream.read_buf(&mut chunk),
-            )
-            .await;
+            let until =
+                (Instant::now() + self.context.limits.data_timeout).min(self.session_deadline);
+            let read = tokio::time::timeout_at(until, self.stream.read_buf(&mut chunk)).await;
             match read {
                 Err(_) => {
                     self.transaction = None;
                     return self
-                        .say_421("4.4.2 Timeout waiting for data, closing connection")
+                        .timed_out("4.4.2 Timeout waiting for data, closing connection")
                         .await;
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => {
@@ -428,6 +632,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         {
             self.input.drain(..consumed);
         }
+        self.command_deadline = None;
 
         let transaction = self.transaction.take().expect("checked above");
         if receiver.exceeded() {
@@ -446,7 +651,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 source: "smtp",
                 client_ip: Some(self.client_ip),
                 helo: self.helo.clone(),
-                protocol: if self.esmtp { "ESMTP" } else { "SMTP" },
+                protocol: self.protocol(),
             },
         };
         let reply = match self.context.ingest.submit(submission, content).await {
@@ -471,10 +676,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 enum Next {
     Continue,
     Quit,
-}
-
-fn memchr_lf(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
 }
 
 /// The refusal of a recipient outside its route's `accepted_domains` (exact domains,

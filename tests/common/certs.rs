@@ -143,6 +143,17 @@ impl TestPki {
         self.ca_file.path()
     }
 
+    /// The server certificate and its private key as PEM files in `dir`, for a listener's
+    /// `certificate` and `private_key`: (certificate, key).
+    pub fn write_server_pem(&self, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let cert = dir.join("server.crt");
+        let key = dir.join("server.key");
+        std::fs::write(&cert, pem("CERTIFICATE", self.server_cert.as_ref())).expect("write cert");
+        std::fs::write(&key, pem("PRIVATE KEY", self.server_key.secret_pkcs8_der()))
+            .expect("write key");
+        (cert, key)
+    }
+
     /// A rustls server configuration presenting the server certificate (TLS 1.2 and 1.3).
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -157,4 +168,17 @@ impl TestPki {
             .expect("server certificate and key");
         Arc::new(config)
     }
+}
+
+/// PEM (RFC 7468): base64 in lines of 64 characters between BEGIN and END.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

@@ -6,5 +6,7 @@ pub mod certs;
 pub mod client;
 pub mod dsn;
 pub mod graph_mock;
+pub mod inbound;
+pub mod tls_client;
 pub mod token_endpoint;
 pub mod upstream;

@@ -5,9 +5,31 @@ use super::document::{Report, Section};
 use super::values::edit_distance;
 
 pub const TOP: &[&str] = &[
-    "data_dir", "hostname", "listener", "limits", "queue", "route",
+    "data_dir",
+    "hostname",
+    "listener",
+    "limits",
+    "queue",
+    "route",
+    "user",
+    "auth_lockout",
 ];
-pub const LISTENER: &[&str] = &["address", "relay_from"];
+pub const LISTENER: &[&str] = &[
+    "address",
+    "relay_from",
+    "allow_from",
+    "deny_from",
+    "tls",
+    "certificate",
+    "private_key",
+    "min_tls",
+    "auth",
+    "require_auth",
+    "allow_plaintext_auth",
+    "max_connections_per_ip",
+    "max_messages_per_connection",
+    "session_timeout",
+];
 pub const LIMITS: &[&str] = &[
     "max_message_size",
     "max_recipients",
@@ -95,6 +117,8 @@ pub const OAUTH: &[&str] = &[
     "scope",
     "ca_file",
 ];
+pub const USER: &[&str] = &["name", "password_hash", "allowed_senders"];
+pub const AUTH_LOCKOUT: &[&str] = &["max_failures", "window", "duration"];
 
 /// Every table as written in the file, with its keys.
 pub const SECTIONS: &[(&str, &[&str])] = &[
@@ -109,6 +133,8 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     ("[route.limits]", ROUTE_LIMITS),
     ("[route.auth]", AUTH),
     ("[route.oauth]", OAUTH),
+    ("[[user]]", USER),
+    ("[auth_lockout]", AUTH_LOCKOUT),
 ];
 
 /// Reports every key of `section` that is in none of `known`.
@@ -141,6 +167,22 @@ fn hint(key: &str, header: &str, known: &[&[&str]]) -> Option<String> {
                 .to_string(),
         );
     }
+    if header == "[[user]]"
+        && [
+            "password",
+            "pass",
+            "secret",
+            "password_env",
+            "password_file",
+        ]
+        .contains(&key)
+    {
+        return Some(
+            "plain passwords are not stored; put the output of `smarthost passwd` in \
+             password_hash"
+                .to_string(),
+        );
+    }
     if ["retry_initial", "retry_max"].contains(&key) {
         return Some(
             "the retry schedule is now a list of waits, the last one repeating: \
@@ -159,6 +201,14 @@ fn hint(key: &str, header: &str, known: &[&[&str]]) -> Option<String> {
         ("sender", "rewrite_sender"),
         ("certificate", "client_certificate"),
         ("private_key", "client_private_key"),
+        ("cert", "certificate"),
+        ("certificate_file", "certificate"),
+        ("key", "private_key"),
+        ("key_file", "private_key"),
+        ("private_key_file", "private_key"),
+        ("tls_version", "min_tls"),
+        ("min_tls_version", "min_tls"),
+        ("starttls", "tls"),
     ];
     if let Some((_, name)) = ALIASES
         .iter()

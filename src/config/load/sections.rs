@@ -3,14 +3,13 @@
 //! the caller discards the result when anything was reported.
 
 use super::document::{Report, Section};
+use super::listeners;
 use super::routes;
 use super::schedule::{self, Inherited};
+use super::users;
 use super::{Env, defaults, keys, values};
-use crate::config::{Config, Limits, ListenerConfig, QueueConfig};
+use crate::config::{Config, Limits, QueueConfig};
 use crate::smtp::command::is_valid_mailbox;
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use toml::de::DeTable;
 
@@ -43,7 +42,7 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
         None => defaults::machine_hostname(env),
     };
 
-    let listeners = listeners(report, &top);
+    let listeners = listeners::listeners(report, &top);
     let limits = match report.table(&top, "limits", "[limits]") {
         Some(section) => limits(report, &section),
         None => defaults::limits(),
@@ -53,6 +52,8 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
         None => defaults::queue(),
     };
     let routes = routes::routes(report, &top, &data_dir, &queue.schedule, env);
+    let users = users::users(report, &top);
+    let auth_lockout = users::auth_lockout(report, &top);
 
     Config {
         data_dir,
@@ -62,77 +63,9 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
         queue,
         routes,
         warnings: Vec::new(),
-        users: Vec::new(),
-        auth_lockout: crate::config::AuthLockout::default(),
+        users,
+        auth_lockout,
     }
-}
-
-fn listeners(report: &mut Report, top: &Section<'_, '_>) -> Vec<ListenerConfig> {
-    let Some(list) = report.tables(top, "listener", "[[listener]]") else {
-        if top.has("listener") {
-            return Vec::new();
-        }
-        report.error_unlined(
-            "no [[listener]]: add one, e.g. [[listener]] address = \"0.0.0.0:25\" \
-             relay_from = [\"10.0.0.0/8\"]",
-        );
-        return Vec::new();
-    };
-    if list.value.is_empty() {
-        report.error(
-            &list.span,
-            "`listener` is empty: at least one [[listener]] is needed",
-        );
-    }
-    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
-    let mut listeners = Vec::new();
-    for section in &list.value {
-        keys::check(report, section, &[keys::LISTENER]);
-        let address = report.required_string(section, "address").and_then(|at| {
-            match values::parse_listen_address(at.value) {
-                Ok(address) => {
-                    let line = report.line(at.span.start);
-                    match seen.entry(address) {
-                        Entry::Occupied(first) => report.error(
-                            &at.span,
-                            format!(
-                                "listener address {address} is already used on line {}",
-                                first.get()
-                            ),
-                        ),
-                        Entry::Vacant(slot) => {
-                            slot.insert(line);
-                        }
-                    }
-                    Some(address)
-                }
-                Err(message) => {
-                    report.error(&at.span, format!("`listener.address`: {message}"));
-                    None
-                }
-            }
-        });
-        // Absent means nobody may relay: IIS's "Only the list below" with an empty list.
-        let relay_from = report
-            .strings(section, "relay_from")
-            .map(|list| {
-                list.value
-                    .iter()
-                    .filter_map(|at| match values::parse_net(at.value) {
-                        Ok(net) => Some(net),
-                        Err(message) => {
-                            report.error(&at.span, format!("`listener.relay_from`: {message}"));
-                            None
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(address) = address {
-            listeners.push(ListenerConfig::plain(address, relay_from));
-        }
-    }
-    listeners
 }
 
 fn limits(report: &mut Report, section: &Section<'_, '_>) -> Limits {

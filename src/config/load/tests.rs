@@ -3,7 +3,9 @@ use crate::config::{AuthMechanism, RetrySchedule, Secret, SmtpRoute, TlsMode};
 use std::time::Duration;
 
 mod client_cert;
+mod listeners;
 mod m365;
+mod users;
 
 const PASSWORD: &str = "s3cret-Value!";
 const CLIENT_SECRET: &str = "cl1ent~S3cret.Value";
@@ -875,6 +877,16 @@ fn the_example_file_shows_the_true_defaults() {
             "scope",
         ],
         keys::ROUTE_LIMITS,
+        keys::AUTH_LOCKOUT,
+        // The listener's own ("tls" and "allow_plaintext_auth" are listed above).
+        &[
+            "min_tls",
+            "auth",
+            "require_auth",
+            "max_connections_per_ip",
+            "max_messages_per_connection",
+            "session_timeout",
+        ],
     ];
     let mut uncommented = 0;
     let text: String = main
@@ -892,7 +904,7 @@ fn the_example_file_shows_the_true_defaults() {
             }
         })
         .collect();
-    assert_eq!(uncommented, 25);
+    assert_eq!(uncommented, 36);
     let with = load(&text).unwrap_or_else(|e| panic!("{e}"));
     let without = load(EXAMPLE).unwrap();
     assert_eq!(format!("{with:?}"), format!("{without:?}"));
