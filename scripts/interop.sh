@@ -413,6 +413,13 @@ CONFIG
     umount "$dir/data"
 }
 
+check_admin_page() {
+    # The admin web page in a real headless Chromium: enter the token, see a queued message, click
+    # Retry, and the upstream gets it. Installs chromium, chromium-driver and selenium if missing;
+    # in CI a failed install is a failure, not a skip.
+    ADMIN_PAGE_REQUIRED=${CI:+1} python3 "$HERE/admin_page.py" "$BIN" | tee /dev/stderr | grep -q '^\(PASS\|SKIP\)'
+}
+
 check_smtp_source_to_sink() {
     local before after
     before=$(sink_count "$T/sink.count")
@@ -567,6 +574,7 @@ check postfix-smtp-client-to-smarthost check_postfix_client
 check starttls-verified-to-postfix-smtpd check_starttls_to_postfix
 check starttls-required-never-plaintext check_tls_required_not_offered
 check disk-full-tmpfs-452-nothing-lost check_disk_full_tmpfs
+check admin-page-chromium check_admin_page
 
 # Inbound checks (listeners with STARTTLS/implicit TLS, AUTH, limits) live in their own file and
 # start their own relay; they report through check() like the rest.

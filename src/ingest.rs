@@ -195,7 +195,9 @@ impl Ingest {
         submission: Submission,
         content: Vec<u8>,
     ) -> Result<String, IngestError> {
+        let source = submission.origin.source;
         let (envelope, content) = self.store.store(submission, content).await?;
+        crate::admin::metrics::metrics().received.inc(source);
         let id = envelope.id.clone();
         self.queue.enqueue(envelope, Some(content));
         Ok(id)

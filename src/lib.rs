@@ -2,6 +2,7 @@
 //! and delivers it the way Microsoft 365 accepts it. See `ARCHITECTURE.md` for the path of a message.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod bounce;
 pub mod cli;
 pub mod clock;
@@ -9,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod deliver;
 pub mod ingest;
+pub mod logs;
 pub mod pickup;
 pub mod policy;
 pub mod queue;

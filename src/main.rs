@@ -55,13 +55,20 @@ enum Command {
     /// Reads the password twice from the terminal without echo, or the first line of stdin when
     /// that is not a terminal.
     Passwd,
+    /// The W3C extended log files (data_dir/logs/smtpsvc-YYYYMMDD.log, as IIS SMTP wrote them), e.g.
+    /// smarthost logs export --since "2026-11-29 00:00" --csv smtp.csv [--outbound].
+    Logs {
+        #[command(flatten)]
+        target: smarthost::cli::queue::Target,
+        #[command(subcommand)]
+        command: smarthost::cli::logs::LogsCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
-            init_logging();
             let config = match config {
                 Some(path) => match smarthost::config::load_file(&path) {
                     Ok(c) => c,
@@ -73,6 +80,7 @@ fn main() -> ExitCode {
                 },
                 None => smarthost::config::default_config(),
             };
+            init_logging(config.logs.json);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -125,6 +133,9 @@ fn main() -> ExitCode {
                 ExitCode::from(e.exit_code())
             }
         },
+        Command::Logs { target, command } => {
+            control_exit(smarthost::cli::logs::run(&target, command))
+        }
         Command::Passwd => match smarthost::cli::passwd::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -146,10 +157,19 @@ fn control_exit(result: Result<(), smarthost::cli::queue::CommandError>) -> Exit
     }
 }
 
-fn init_logging() {
+/// The process log: text on stderr, or (`[logs] json = true`) JSON lines on stdout for collectors.
+fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("SMARTHOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

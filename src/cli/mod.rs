@@ -3,6 +3,7 @@
 pub mod badmail;
 pub mod check_config;
 pub mod explain;
+pub mod logs;
 pub mod oauth;
 pub mod passwd;
 pub mod queue;

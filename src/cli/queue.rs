@@ -85,7 +85,7 @@ impl Target {
         Ok(control::socket_path(&self.resolve_data_dir()?))
     }
 
-    fn resolve_data_dir(&self) -> Result<PathBuf, CommandError> {
+    pub(crate) fn resolve_data_dir(&self) -> Result<PathBuf, CommandError> {
         if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());
         }

@@ -24,7 +24,12 @@ pub struct Running {
     /// The addresses actually bound (useful when a listener asked for port 0).
     pub local_addrs: Vec<SocketAddr>,
     pub queue: Queue,
+    /// The admin HTTP server's bound address, when `[admin]` is enabled.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     shutdown: watch::Sender<bool>,
+    /// The W3C log's writer (`[logs] w3c`), stopped last so that every line is written.
+    w3c: Option<crate::logs::w3c::LogWriter>,
     server: tokio::task::JoinHandle<()>,
     runner: tokio::task::JoinHandle<()>,
     control: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -39,6 +44,12 @@ impl Running {
         let _ = self.runner.await;
         let _ = self.control.await;
         let _ = self.pickup.await;
+        if let Some(w3c) = self.w3c {
+            w3c.shutdown().await;
+        }
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
+        }
     }
 }
 
@@ -68,11 +79,22 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     );
     pickup_config.create_dir()?;
     let router = Router::new(config.routes.clone());
+    // The W3C log: one sink for the sessions and the SMTP clients of this relay (not process-wide,
+    // so that relays started side by side, as in tests, keep their own files).
+    let (w3c_sink, w3c) = if config.logs.w3c {
+        let dir = crate::logs::w3c::log_dir(&config.data_dir);
+        let (sink, writer) =
+            crate::logs::w3c::start(dir.clone(), &config.hostname, config.logs.retention_days)
+                .with_context(|| format!("cannot start the W3C log in {}", dir.display()))?;
+        (sink, Some(writer))
+    } else {
+        (crate::logs::LogSink::disabled(), None)
+    };
     let transporters = config
         .routes
         .iter()
         .map(|route| {
-            Transporter::from_route(route, &config.hostname)
+            Transporter::from_route_logged(route, &config.hostname, &w3c_sink)
                 .with_context(|| format!("route {}", route.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -131,6 +153,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         .iter()
         .map(|l| l.local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
+    let admin_listener = crate::admin::bind(&config.admin).await?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ingest = Ingest::new(store, queue.clone());
@@ -147,9 +170,18 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     ));
     let control = tokio::spawn(crate::control::server::serve(
         control_socket,
-        control_handler,
+        control_handler.clone(),
         shutdown_rx.clone(),
     ));
+    let (admin_addr, admin) = crate::admin::spawn(
+        admin_listener,
+        config.clone(),
+        control_handler.clone(),
+        queue.clone(),
+        ingest.clone(),
+        local_addrs.clone(),
+        shutdown_rx.clone(),
+    )?;
     let context = Arc::new(ServerContext {
         hostname: config.hostname.clone(),
         limits: config.limits.clone(),
@@ -158,13 +190,17 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         users: Arc::new(UserDb::new(&config.users)),
         lockout: Lockout::new(config.auth_lockout.clone()),
         clock: clock.clone(),
+        log: w3c_sink,
     });
     let runner = tokio::spawn(queue.clone().run(shutdown_rx.clone()));
     let server = tokio::spawn(server::run(listeners, context, shutdown_rx));
     Ok(Running {
         local_addrs,
         queue,
+        admin_addr,
+        admin,
         shutdown: shutdown_tx,
+        w3c,
         server,
         runner,
         control,
@@ -177,11 +213,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config_for_summary = config.clone();
     let running = start(config).await?;
     // A closed stdout (a service manager, a test that stopped reading) must not stop the relay.
-    let _ = writeln!(
-        std::io::stdout(),
-        "{}",
-        describe(&config_for_summary, &running.local_addrs)
-    );
+    // With `[logs] json` stdout carries JSON lines only.
+    if !config_for_summary.logs.json {
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            describe(&config_for_summary, &running.local_addrs)
+        );
+    }
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; undelivered mail stays in the spool");
     running.shutdown().await;

@@ -18,11 +18,13 @@
 //! `secrets`, `schedule`, `keys` (which keys exist where), `values` (value syntaxes) and `document`
 //! (typed, spanned access and the report).
 
+mod admin;
 mod defaults;
 mod document;
 mod graph;
 mod keys;
 mod listeners;
+mod logs;
 mod m365;
 mod mailbox;
 mod oauth;
@@ -90,6 +92,8 @@ pub fn default_config() -> Config {
         warnings: Vec::new(),
         users: Vec::new(),
         auth_lockout: crate::config::AuthLockout::default(),
+        admin: crate::config::AdminConfig::default(),
+        logs: crate::config::LogsConfig::default(),
         routes: vec![RouteConfig {
             name: "outbox".to_string(),
             domains: vec![DomainPattern::Any],

@@ -31,6 +31,50 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Locking out addresses that keep failing AUTH.
     pub auth_lockout: AuthLockout,
+    /// The admin HTTP API and page (`[admin]`).
+    pub admin: AdminConfig,
+    /// The W3C extended log and the format of the process log (`[logs]`).
+    pub logs: LogsConfig,
+}
+
+/// `[logs]`: the IIS-style W3C extended log files and the process log's format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsConfig {
+    /// Write `data_dir/logs/smtpsvc-YYYYMMDD.log` (one line per SMTP command and reply).
+    pub w3c: bool,
+    /// The process log (tracing) as JSON lines on stdout instead of text on stderr.
+    pub json: bool,
+    /// W3C log files older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u32,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            w3c: true,
+            json: false,
+            retention_days: 30,
+        }
+    }
+}
+
+/// The admin HTTP server (`[admin]`): off by default, loopback by default, a bearer token always.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub address: SocketAddr,
+    /// The bearer token (`token_env` or `token_file`); always `Some` when `enabled`.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: false,
+            address: SocketAddr::from(([127, 0, 0, 1], 8025)),
+            token: None,
+        }
+    }
 }
 
 /// An account devices and applications log in with (IIS: Basic authentication).

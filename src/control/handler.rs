@@ -6,7 +6,13 @@ use crate::bounce::badmail::Badmail;
 use crate::ingest::{Ingest, Origin, Submission};
 use crate::queue::Queue;
 use crate::spool;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// Reads the configuration again ([`Request::Reload`]): `Ok` says what changed, `Err` why the
+/// running configuration stays. Blocking (files are read).
+pub trait Reload: Send + Sync + std::fmt::Debug {
+    fn reload(&self) -> Result<String, String>;
+}
 
 /// The relay's side of the control requests.
 #[derive(Debug)]
@@ -14,6 +20,7 @@ pub struct ControlHandler {
     queue: Queue,
     badmail: Arc<Badmail>,
     ingest: Ingest,
+    reload: OnceLock<Arc<dyn Reload>>,
 }
 
 impl ControlHandler {
@@ -22,7 +29,13 @@ impl ControlHandler {
             queue,
             badmail,
             ingest,
+            reload: OnceLock::new(),
         }
+    }
+
+    /// What [`Request::Reload`] does; without it the request is refused.
+    pub fn set_reload(&self, reload: Arc<dyn Reload>) {
+        let _ = self.reload.set(reload);
     }
 
     pub async fn handle(&self, request: Request) -> Response {
@@ -98,6 +111,16 @@ impl ControlHandler {
                 }
             }
             Request::BadmailResubmit { name } => self.resubmit(name).await,
+            Request::Reload => {
+                let Some(reload) = self.reload.get().cloned() else {
+                    return Response::error("this relay cannot reload its configuration");
+                };
+                match tokio::task::spawn_blocking(move || reload.reload()).await {
+                    Ok(Ok(message)) => Response::ok(message),
+                    Ok(Err(message)) => Response::error(message),
+                    Err(e) => Response::error(format!("the reload failed: {e}")),
+                }
+            }
         }
     }
 

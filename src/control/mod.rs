@@ -17,7 +17,7 @@ mod handler;
 mod protocol;
 pub mod server;
 
-pub use handler::ControlHandler;
+pub use handler::{ControlHandler, Reload};
 pub use protocol::{MAX_REQUEST_LINE, Request, Response};
 
 use std::path::{Path, PathBuf};

@@ -28,6 +28,8 @@ pub enum Request {
     BadmailList,
     BadmailShow { name: String },
     BadmailResubmit { name: String },
+    /// Read the configuration file again (as SIGHUP does).
+    Reload,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +78,7 @@ mod tests {
         let cases = [
             (Request::List, r#"{"command":"list"}"#),
             (Request::RetryAll, r#"{"command":"retry_all"}"#),
+            (Request::Reload, r#"{"command":"reload"}"#),
             (
                 Request::Show { id: "A1".into() },
                 r#"{"command":"show","id":"A1"}"#,

@@ -62,12 +62,23 @@ pub enum Transporter {
 impl Transporter {
     /// `helo_name` is the relay's own host name, sent in EHLO.
     pub fn from_route(route: &RouteConfig, helo_name: &str) -> anyhow::Result<Arc<Self>> {
+        Self::from_route_logged(route, helo_name, &crate::logs::LogSink::disabled())
+    }
+
+    /// [`Transporter::from_route`] whose SMTP client writes to the W3C log `log`.
+    pub fn from_route_logged(
+        route: &RouteConfig,
+        helo_name: &str,
+        log: &crate::logs::LogSink,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &route.transport {
             Transport::Drop { path } => Transporter::Drop(drop::DropTransport::new(path.clone())),
             Transport::Graph(graph) => Transporter::Graph(graph::GraphTransport::new(graph)?),
-            Transport::Smtp(smtp) => {
-                Transporter::Smtp(smtp::SmtpTransport::new(smtp, helo_name.to_string())?)
-            }
+            Transport::Smtp(smtp) => Transporter::Smtp(smtp::SmtpTransport::with_log(
+                smtp,
+                helo_name.to_string(),
+                log.clone(),
+            )?),
         }))
     }
 

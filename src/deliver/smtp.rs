@@ -57,6 +57,15 @@ impl SmtpTransport {
     /// Routes with OAuth credentials get the shared [`TokenProvider`] of their credential (a bad
     /// certificate or key is a start-up error too).
     pub fn new(route: &SmtpRoute, helo_name: String) -> anyhow::Result<Self> {
+        Self::with_log(route, helo_name, crate::logs::LogSink::disabled())
+    }
+
+    /// [`SmtpTransport::new`] writing every command and reply to the W3C log `log`.
+    pub fn with_log(
+        route: &SmtpRoute,
+        helo_name: String,
+        log: crate::logs::LogSink,
+    ) -> anyhow::Result<Self> {
         let config =
             tls::client_config_with_cert(route.ca_file.as_deref(), route.client_cert.as_ref())?;
         let tokens = match route.auth.as_ref().map(|auth| &auth.credential) {
@@ -69,6 +78,7 @@ impl SmtpTransport {
                 helo_name,
                 tls: tokio_rustls::TlsConnector::from(config),
                 tokens,
+                log,
             }),
             slots: Arc::new(Semaphore::new(route.max_connections.max(1))),
             idle: Arc::new(IdlePool::default()),

@@ -89,6 +89,7 @@ impl Lockout {
 
     /// Counts a failed AUTH from `ip`; true when this failure locked the address.
     pub fn record_failure(&self, ip: IpAddr, now: u64) -> bool {
+        crate::admin::metrics::metrics().auth_failures.inc();
         if self.max_failures == 0 {
             return false;
         }

@@ -25,7 +25,7 @@ use crate::route::Router;
 use crate::spool::{AttemptRecord, Envelope, HISTORY_KEPT, RecipientState};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -48,16 +48,24 @@ pub struct Queue {
 #[derive(Debug)]
 struct Inner {
     store: Arc<Store>,
-    router: Router,
-    transporters: Vec<Arc<Transporter>>,
-    config: QueueConfig,
+    /// What a configuration reload replaces ([`Queue::reload`]); an attempt takes one snapshot and
+    /// finishes with it.
+    routes: RwLock<Arc<Routes>>,
     badmail: Arc<Badmail>,
-    /// The mailbox throttle of each route (routes sending as one mailbox share one).
-    throttles: Vec<Arc<MailboxThrottle>>,
     schedule: Mutex<Schedule>,
     wake: Notify,
     cached_bytes: AtomicU64,
     slots: Arc<Semaphore>,
+}
+
+/// The routes with what was built from them, and the queue settings: one consistent set.
+#[derive(Debug)]
+struct Routes {
+    router: Router,
+    transporters: Vec<Arc<Transporter>>,
+    config: QueueConfig,
+    /// The mailbox throttle of each route (routes sending as one mailbox share one).
+    throttles: Vec<Arc<MailboxThrottle>>,
 }
 
 #[derive(Debug, Default)]
@@ -118,11 +126,13 @@ impl Queue {
         Queue {
             inner: Arc::new(Inner {
                 store,
-                router,
-                transporters,
-                config,
+                routes: RwLock::new(Arc::new(Routes {
+                    router,
+                    transporters,
+                    config,
+                    throttles,
+                })),
                 badmail,
-                throttles,
                 schedule: Mutex::new(Schedule::default()),
                 wake: Notify::new(),
                 cached_bytes: AtomicU64::new(0),
@@ -133,6 +143,51 @@ impl Queue {
 
     fn now(&self) -> u64 {
         self.inner.store.now()
+    }
+
+    /// The routes, transports and queue settings in force now.
+    fn routes(&self) -> Arc<Routes> {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the routes (with their transports) and the queue settings, for attempts that start
+    /// from now on; attempts in progress finish with the previous ones. A mailbox throttle whose
+    /// mailbox and limits are unchanged is kept with its counts. `max_concurrent_deliveries` keeps
+    /// its value until a restart.
+    pub fn reload(&self, router: Router, transporters: Vec<Arc<Transporter>>, config: QueueConfig) {
+        let old = self.routes();
+        let registry = Throttles::default();
+        let throttles = router
+            .routes()
+            .iter()
+            .map(|route| {
+                let fresh = registry.for_route(route);
+                old.router
+                    .routes()
+                    .iter()
+                    .zip(&old.throttles)
+                    .find(|(r, t)| {
+                        throttle::mailbox_key(r) == throttle::mailbox_key(route)
+                            && t.limits() == fresh.limits()
+                    })
+                    .map_or(fresh, |(_, t)| t.clone())
+            })
+            .collect();
+        *self
+            .inner
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Routes {
+            router,
+            transporters,
+            config,
+            throttles,
+        });
+        self.inner.wake.notify_one();
     }
 
     fn now_millis(&self) -> u64 {
@@ -259,10 +314,11 @@ impl Queue {
     }
 
     /// The retry schedule that applies to a recipient: its route's (the queue's when unroutable).
-    fn schedule_for(&self, address: &str) -> &RetrySchedule {
-        match self.inner.router.route_for(address) {
-            Some(route) => &self.inner.router.routes()[route].schedule,
-            None => &self.inner.config.schedule,
+    fn schedule_for(&self, address: &str) -> RetrySchedule {
+        let routes = self.routes();
+        match routes.router.route_for(address) {
+            Some(route) => routes.router.routes()[route].schedule.clone(),
+            None => routes.config.schedule.clone(),
         }
     }
 
@@ -310,13 +366,15 @@ impl Queue {
             .map(|r| r.state.is_final())
             .collect();
         let now = self.now();
+        // One set of routes for the whole attempt, even if the configuration is reloaded meanwhile.
+        let routes = self.routes();
         // Pending recipients grouped by route, in the order of the envelope.
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
         for (index, rcpt) in envelope.recipients.iter_mut().enumerate() {
             if rcpt.state.is_final() {
                 continue;
             }
-            match self.inner.router.route_for(&rcpt.address) {
+            match routes.router.route_for(&rcpt.address) {
                 Some(route) => match groups.iter_mut().find(|(r, _)| *r == route) {
                     Some((_, members)) => members.push(index),
                     None => groups.push((route, vec![index])),
@@ -340,13 +398,14 @@ impl Queue {
         // Earliest moment (Unix ms) a mailbox limit lets held-back recipients go.
         let mut throttled_until: Option<u64> = None;
         for (route, members) in groups {
-            let throttle = &self.inner.throttles[route];
+            let throttle = &routes.throttles[route];
             let per_message = throttle.limits().recipients_per_message.max(1);
             // More recipients than one transaction may carry: several transactions.
             for chunk in members.chunks(per_message) {
                 let reservation = match throttle.reserve(chunk.len() as u32, self.now_millis()) {
                     Ok(r) => r,
                     Err(wait) => {
+                        crate::admin::metrics::metrics().throttle_waits.inc();
                         let at = self.now();
                         for &index in chunk {
                             envelope.recipients[index].state = RecipientState::Deferred {
@@ -360,14 +419,20 @@ impl Queue {
                         continue;
                     }
                 };
-                let results = self.deliver_chunk(&envelope, &content, route, chunk).await;
+                let started = std::time::Instant::now();
+                let results = self
+                    .deliver_chunk(&routes, &envelope, &content, route, chunk)
+                    .await;
+                crate::admin::metrics::metrics()
+                    .upstream_reply
+                    .observe(&routes.router.routes()[route].name, started.elapsed());
                 reservation.complete(self.now_millis());
                 if results.iter().any(|r| {
                     matches!(r, RecipientResult::Deferred { reason } if throttle::is_throttling(reason))
                 }) {
                     throttle.pause(self.now_millis());
                 }
-                self.record_results(&mut envelope, route, chunk, results, &mut record);
+                self.record_results(&routes, &mut envelope, route, chunk, results, &mut record);
             }
         }
         if record.results.is_empty() && throttled_until.is_some() {
@@ -407,7 +472,7 @@ impl Queue {
             .filter(|r| !r.state.is_final())
             .map(|r| {
                 schedule::next_attempt(
-                    self.schedule_for(&r.address),
+                    &self.schedule_for(&r.address),
                     &id,
                     envelope.attempts,
                     envelope.received_at,
@@ -430,6 +495,7 @@ impl Queue {
     /// Hands some recipients of a message to their route's transport.
     async fn deliver_chunk(
         &self,
+        routes: &Routes,
         envelope: &Envelope,
         content: &[u8],
         route: usize,
@@ -441,7 +507,7 @@ impl Queue {
             .collect();
         // Sender rewriting (the fix for 5.7.60 SendAsDenied) happens per attempt, on a copy: the
         // spool keeps the message as it was accepted.
-        let rewritten = self.inner.router.routes()[route]
+        let rewritten = routes.router.routes()[route]
             .rewrite_sender
             .as_ref()
             .and_then(|rule| rewrite::rewrite_sender(content, &envelope.sender, rule));
@@ -461,19 +527,20 @@ impl Queue {
             smtputf8,
             eight_bit: envelope.eight_bit,
         };
-        self.inner.transporters[route].deliver(&message).await
+        routes.transporters[route].deliver(&message).await
     }
 
     /// Records a transport's results in the recipients' states, the log and the attempt record.
     fn record_results(
         &self,
+        routes: &Routes,
         envelope: &mut Envelope,
         route: usize,
         chunk: &[usize],
         results: Vec<RecipientResult>,
         record: &mut AttemptRecord,
     ) {
-        let route_name = &self.inner.router.routes()[route].name;
+        let route_name = &routes.router.routes()[route].name;
         let at = self.now();
         for (k, &index) in chunk.iter().enumerate() {
             let result = results
@@ -482,6 +549,7 @@ impl Queue {
                 .unwrap_or(RecipientResult::Deferred {
                     reason: "transport returned no result for this recipient".into(),
                 });
+            crate::admin::metrics::metrics().recipient_result(route_name, &result);
             let rcpt = &mut envelope.recipients[index];
             log_result(
                 &envelope.id,
@@ -527,7 +595,7 @@ impl Queue {
             if rcpt.state.is_final() {
                 continue;
             }
-            let schedule = self.schedule_for(&rcpt.address);
+            let schedule = &self.schedule_for(&rcpt.address);
             if now < schedule::expires_at(schedule, received_at) {
                 continue;
             }

@@ -73,7 +73,7 @@ impl Queue {
                 let r = &envelope.recipients[i];
                 !r.state.is_final()
                     && schedule::delay_notice_due(
-                        self.schedule_for(&r.address),
+                        &self.schedule_for(&r.address),
                         envelope.received_at,
                         now,
                     )
@@ -122,7 +122,7 @@ impl Queue {
             .iter()
             .map(|&i| {
                 schedule::expires_at(
-                    self.schedule_for(&envelope.recipients[i].address),
+                    &self.schedule_for(&envelope.recipients[i].address),
                     envelope.received_at,
                 )
             })
@@ -136,14 +136,15 @@ impl Queue {
             now,
             recipients,
             original: content,
-            original_max: self.inner.config.bounce_original_max,
+            original_max: self.routes().config.bounce_original_max,
             will_retry_until: matches!(kind, DsnKind::Delay)
                 .then_some(will_retry_until)
                 .flatten(),
         });
         let mut to = vec![envelope.sender.clone()];
         // IIS "Send copy of Non-Delivery Report to": failures only, not delay notices.
-        if let (DsnKind::Failure, Some(copy)) = (&kind, &self.inner.config.ndr_copy_to)
+        let ndr_copy_to = self.routes().config.ndr_copy_to.clone();
+        if let (DsnKind::Failure, Some(copy)) = (&kind, &ndr_copy_to)
             && !copy.eq_ignore_ascii_case(&envelope.sender)
         {
             to.push(copy.clone());

@@ -32,7 +32,7 @@ use crate::smtp::Reply;
 use access::ConnectionsPerIp;
 use anyhow::Context;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tls::InboundTls;
 use tokio::net::{TcpListener, TcpStream};
@@ -52,9 +52,11 @@ pub struct ServerContext {
     /// The `[[user]]`s of inbound AUTH.
     pub users: Arc<UserDb>,
     /// Failed AUTH per client address, over all listeners.
-    pub lockout: Lockout,
+    pub lockout: Arc<Lockout>,
     /// For the lockout (tests drive it with a manual clock).
     pub clock: Arc<dyn Clock>,
+    /// The W3C extended log (one line per command and reply); disabled when `[logs] w3c = false`.
+    pub log: crate::logs::LogSink,
 }
 
 /// A listener as sessions see it: its configuration and what was built from it.
@@ -72,6 +74,102 @@ pub struct BoundListener {
     listener: TcpListener,
     state: Arc<Listener>,
 }
+
+/// What a configuration reload replaces on the SMTP side: the context and each listener's policy.
+/// A session takes both when it is accepted and keeps them until it ends.
+#[derive(Debug)]
+pub struct Live {
+    context: RwLock<Arc<ServerContext>>,
+    /// In the order of the bound listeners.
+    listeners: RwLock<Vec<Arc<Listener>>>,
+}
+
+impl Live {
+    /// The live state of `listeners` (before [`run`] takes them).
+    pub fn new(context: ServerContext, listeners: &[BoundListener]) -> Arc<Live> {
+        Arc::new(Live {
+            context: RwLock::new(Arc::new(context)),
+            listeners: RwLock::new(listeners.iter().map(|l| l.state.clone()).collect()),
+        })
+    }
+
+    /// The context new sessions get.
+    pub fn context(&self) -> Arc<ServerContext> {
+        self.context
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn listener(&self, index: usize) -> Arc<Listener> {
+        self.listeners.read().unwrap_or_else(PoisonError::into_inner)[index].clone()
+    }
+
+    /// The configurations of the listeners in use, in the order they were bound.
+    pub fn listener_configs(&self) -> Vec<ListenerConfig> {
+        self.listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|l| l.config.clone())
+            .collect()
+    }
+
+    /// Checks that every listener in use has a configuration in `configs` (matched by `address`)
+    /// and builds its new state, reading certificates again. Nothing changes yet; an error names
+    /// the listener. Listeners in `configs` with an address not in use are left out (a restart binds
+    /// them).
+    pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<PreparedListeners, String> {
+        let current = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut prepared = Vec::new();
+        for old in &current {
+            let Some(config) = configs.iter().find(|c| c.address == old.config.address) else {
+                return Err(format!(
+                    "listener {} is not in the new configuration",
+                    old.config.address
+                ));
+            };
+            let tls = match (config.tls, &config.certificate, &config.private_key) {
+                (ListenerTls::None, _, _) => None,
+                (_, Some(certificate), Some(private_key)) => Some(
+                    InboundTls::load(certificate, private_key, config.min_tls)
+                        .map_err(|e| format!("listener {}: {e}", config.address))?,
+                ),
+                _ => {
+                    return Err(format!(
+                        "listener {}: TLS needs `certificate` and `private_key`",
+                        config.address
+                    ));
+                }
+            };
+            let per_ip = if config.max_connections_per_ip == old.config.max_connections_per_ip {
+                old.per_ip.clone()
+            } else {
+                ConnectionsPerIp::new(config.max_connections_per_ip)
+            };
+            prepared.push(Arc::new(Listener {
+                config: config.clone(),
+                tls,
+                per_ip,
+            }));
+        }
+        Ok(PreparedListeners(prepared))
+    }
+
+    /// Puts a new context and the prepared listeners in place for sessions accepted from now on.
+    pub fn apply(&self, context: ServerContext, listeners: PreparedListeners) {
+        *self.listeners.write().unwrap_or_else(PoisonError::into_inner) = listeners.0;
+        *self.context.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(context);
+    }
+}
+
+/// Listener states built by [`Live::prepare`], waiting for [`Live::apply`].
+#[derive(Debug)]
+pub struct PreparedListeners(Vec<Arc<Listener>>);
 
 impl BoundListener {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -156,14 +254,16 @@ fn listen(address: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
 /// Serves every listener until `shutdown` turns true, then drains sessions.
 pub async fn run(
     listeners: Vec<BoundListener>,
-    context: Arc<ServerContext>,
+    live: Arc<Live>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let connections = Arc::new(Semaphore::new(context.limits.max_connections.max(1)));
+    let connections = Arc::new(Semaphore::new(
+        live.context().limits.max_connections.max(1),
+    ));
     let mut sessions = JoinSet::new();
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(64);
     let mut acceptors = JoinSet::new();
-    for bound in listeners {
+    for (index, bound) in listeners.into_iter().enumerate() {
         let tx = accepted_tx.clone();
         let mut shutdown = shutdown.clone();
         acceptors.spawn(async move {
@@ -174,7 +274,7 @@ pub async fn run(
                     accepted = bound.listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             backoff = Duration::from_millis(10);
-                            if tx.send((stream, peer, bound.state.clone())).await.is_err() {
+                            if tx.send((stream, peer, index)).await.is_err() {
                                 return;
                             }
                         }
@@ -196,9 +296,11 @@ pub async fn run(
         tokio::select! {
             _ = shutdown_rx.changed() => if *shutdown_rx.borrow() { break },
             next = accepted_rx.recv() => {
-                let Some((stream, peer, listener)) = next else { break };
+                let Some((stream, peer, index)) = next else { break };
                 let permit = connections.clone().try_acquire_owned().ok();
-                let context = context.clone();
+                // The policy in force now; a reload later does not change this session's.
+                let listener = live.listener(index);
+                let context = live.context();
                 let shutdown = shutdown.clone();
                 sessions.spawn(connection(stream, peer, listener, context, permit, shutdown));
                 while sessions.try_join_next().is_some() {}

@@ -66,6 +66,8 @@ struct Session {
     listener: Arc<Listener>,
     peer: SocketAddr,
     client_ip: IpAddr,
+    /// The address the client connected to (`s-ip` of the W3C log).
+    local_ip: Option<IpAddr>,
     helo: Option<String>,
     esmtp: bool,
     transaction: Option<Transaction>,
@@ -77,6 +79,11 @@ struct Session {
     messages: usize,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// Reply bytes queued in this session, and the code of the last reply (for the W3C log).
+    reply_bytes: u64,
+    last_code: u16,
+    /// Content bytes received by the last DATA (for the W3C log).
+    data_bytes: u64,
     /// Set while the rest of an over-long line is being skipped.
     skipping_long_line: bool,
     /// When the command being waited for must be complete; `None` until the session starts waiting.
@@ -108,12 +115,14 @@ pub(super) async fn handle(
 ) {
     let _ = stream.set_nodelay(true);
     let session_deadline = Instant::now() + listener.config.session_timeout;
+    let local_ip = stream.local_addr().ok().map(|a| canonical_ip(a.ip()));
     let mut session = Session {
         stream: SessionStream::Plain(stream),
         context,
         listener,
         peer,
         client_ip: canonical_ip(peer.ip()),
+        local_ip,
         helo: None,
         esmtp: false,
         transaction: None,
@@ -123,6 +132,9 @@ pub(super) async fn handle(
         messages: 0,
         input: Vec::with_capacity(8192),
         output: Vec::with_capacity(1024),
+        reply_bytes: 0,
+        last_code: 0,
+        data_bytes: 0,
         skipping_long_line: false,
         command_deadline: None,
         session_deadline,
@@ -240,7 +252,10 @@ impl Session {
     }
 
     fn queue_reply(&mut self, reply: &Reply) {
-        self.output.extend_from_slice(reply.to_wire().as_bytes());
+        let wire = reply.to_wire();
+        self.reply_bytes += wire.len() as u64;
+        self.last_code = reply.code;
+        self.output.extend_from_slice(wire.as_bytes());
     }
 
     /// A reply that counts as a client error; too many of them end the session.
@@ -282,7 +297,31 @@ impl Session {
         }
     }
 
+    /// One command and its W3C log line (whatever the outcome).
     async fn command(&mut self, line: &[u8]) -> Result<Next, Closed> {
+        if !self.context.log.is_enabled() {
+            return self.dispatch(line).await;
+        }
+        let started = Instant::now();
+        let replied_before = self.reply_bytes;
+        self.data_bytes = 0;
+        let outcome = self.dispatch(line).await;
+        let (verb, argument) = log_verb_and_argument(line);
+        self.context.log.inbound(&crate::logs::w3c::InboundEntry {
+            client_ip: self.client_ip,
+            helo: self.helo.as_deref(),
+            server_ip: self.local_ip,
+            verb: &verb,
+            argument: &argument,
+            status: self.last_code,
+            reply_bytes: self.reply_bytes - replied_before,
+            command_bytes: line.len() as u64 + self.data_bytes,
+            took: started.elapsed(),
+        });
+        outcome
+    }
+
+    async fn dispatch(&mut self, line: &[u8]) -> Result<Next, Closed> {
         let command = match parse_command(line) {
             Ok(c) => c,
             Err(reply) => {
@@ -633,6 +672,7 @@ impl Session {
             self.input.drain(..consumed);
         }
         self.command_deadline = None;
+        self.data_bytes = receiver.size();
 
         let transaction = self.transaction.take().expect("checked above");
         if receiver.exceeded() {
@@ -676,6 +716,32 @@ impl Session {
 enum Next {
     Continue,
     Quit,
+}
+
+/// The verbs logged as sent; anything else is logged as `-` (it could be a SASL response sent out
+/// of turn, i.e. a password).
+const KNOWN_VERBS: &[&str] = &[
+    "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "HELP", "VRFY", "EXPN",
+    "STARTTLS", "AUTH", "ETRN", "TURN", "ATRN",
+];
+
+/// `cs-method` and the argument for the W3C log. AUTH keeps its mechanism only (never the initial
+/// response); an unknown verb is `-` without its argument.
+fn log_verb_and_argument(line: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\r', '\n']).trim_start();
+    let (verb, rest) = text.split_once([' ', '\t']).unwrap_or((text, ""));
+    let verb = verb.to_ascii_uppercase();
+    if !KNOWN_VERBS.contains(&verb.as_str()) {
+        return ("-".to_string(), String::new());
+    }
+    let rest = rest.trim();
+    let argument = if verb == "AUTH" {
+        rest.split_whitespace().next().unwrap_or("").to_string()
+    } else {
+        rest.to_string()
+    };
+    (verb, argument)
 }
 
 /// The refusal of a recipient outside its route's `accepted_domains` (exact domains,

@@ -13,7 +13,10 @@ pub const TOP: &[&str] = &[
     "route",
     "user",
     "auth_lockout",
+    "admin",
+    "logs",
 ];
+pub const LOGS: &[&str] = &["w3c", "json", "retention_days"];
 pub const LISTENER: &[&str] = &[
     "address",
     "relay_from",
@@ -119,6 +122,7 @@ pub const OAUTH: &[&str] = &[
 ];
 pub const USER: &[&str] = &["name", "password_hash", "allowed_senders"];
 pub const AUTH_LOCKOUT: &[&str] = &["max_failures", "window", "duration"];
+pub const ADMIN: &[&str] = &["enabled", "address", "token_env", "token_file"];
 
 /// Every table as written in the file, with its keys.
 pub const SECTIONS: &[(&str, &[&str])] = &[
@@ -135,6 +139,8 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     ("[route.oauth]", OAUTH),
     ("[[user]]", USER),
     ("[auth_lockout]", AUTH_LOCKOUT),
+    ("[admin]", ADMIN),
+    ("[logs]", LOGS),
 ];
 
 /// Reports every key of `section` that is in none of `known`.

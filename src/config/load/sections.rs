@@ -2,8 +2,10 @@
 //! Each function reads what it can, reports what it cannot, and returns defaults in its place;
 //! the caller discards the result when anything was reported.
 
+use super::admin;
 use super::document::{Report, Section};
 use super::listeners;
+use super::logs;
 use super::routes;
 use super::schedule::{self, Inherited};
 use super::users;
@@ -54,6 +56,8 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
     let routes = routes::routes(report, &top, &data_dir, &queue.schedule, env);
     let users = users::users(report, &top);
     let auth_lockout = users::auth_lockout(report, &top);
+    let admin = admin::admin(report, &top, env);
+    let logs = logs::logs(report, &top);
 
     Config {
         data_dir,
@@ -65,6 +69,8 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
         warnings: Vec::new(),
         users,
         auth_lockout,
+        admin,
+        logs,
     }
 }
 

@@ -207,6 +207,7 @@ impl TokenProvider {
         let result = self.request_token().await;
         let mut cache = self.lock();
         cache.renewals += 1;
+        crate::admin::metrics::metrics().token_refreshes.inc();
         let result = match result {
             Ok(token) => {
                 cache.token = Some(token.clone());

@@ -25,6 +25,8 @@ pub(crate) struct Upstream {
     pub(crate) tls: tokio_rustls::TlsConnector,
     /// The access tokens for AUTH XOAUTH2 (routes with OAuth credentials).
     pub(crate) tokens: Option<Arc<TokenProvider>>,
+    /// The W3C log (disabled unless the relay was started with one).
+    pub(crate) log: crate::logs::LogSink,
 }
 
 /// The upstream's name and the address actually connected: `smtp.office365.com[52.96.1.2]:587`.
@@ -199,10 +201,12 @@ impl Connection {
             let mut batch = String::new();
             for line in std::iter::once(&mail_line).chain(&rcpts) {
                 debug!(upstream = %self.peer, "C: {line}");
+                self.wire.log_command(line);
                 batch.push_str(line);
                 batch.push_str("\r\n");
             }
             debug!(upstream = %self.peer, "C: DATA");
+            self.wire.log_command("DATA");
             batch.push_str("DATA\r\n");
             self.write(batch.as_bytes(), &mail).await?;
         } else {
@@ -298,8 +302,10 @@ impl Connection {
 
     /// QUIT, wait briefly for the answer, close. Errors do not matter any more.
     pub(crate) async fn quit(mut self) {
-        if self.send("QUIT", "QUIT").await.is_ok() {
-            let _ = self.wire.read_reply().await;
+        if self.send("QUIT", "QUIT").await.is_ok()
+            && let Ok(reply) = self.wire.read_reply().await
+        {
+            self.wire.log_reply(&reply, false);
         }
         self.wire.shutdown().await;
         debug!(upstream = %self.peer, "closed");
@@ -320,6 +326,7 @@ impl Connection {
 
     async fn send(&mut self, line: &str, command: &str) -> Result<(), Failure> {
         debug!(upstream = %self.peer, "C: {line}");
+        self.wire.log_command(line);
         self.write(format!("{line}\r\n").as_bytes(), command).await
     }
 
@@ -361,6 +368,7 @@ pub(super) async fn read(
     match wire.read_reply().await {
         Ok(reply) => {
             debug!(upstream = %peer, "S: {}", reply.one_line());
+            wire.log_reply(&reply, stage == Stage::Auth);
             Ok(reply)
         }
         Err(e) => {

@@ -103,7 +103,7 @@ pub(super) async fn open(up: &Upstream) -> Result<Connection, Failure> {
     };
     let mut setup = Setup {
         up,
-        wire: Wire::new(stream, route.command_timeout),
+        wire: Wire::new(stream, route.command_timeout).with_log(&up.log, peer.addr),
         peer,
     };
     let greeting = setup.read(Stage::Greeting, "the greeting").await?;
@@ -149,6 +149,14 @@ impl Setup<'_> {
 
     async fn send(&mut self, line: &str, logged: &str, command: &str) -> Result<(), Failure> {
         debug!(upstream = %self.peer, "C: {logged}");
+        // The W3C log: AUTH with its mechanism only, SASL responses (`<redacted>`, `*`, ...) not at
+        // all.
+        if let Some(mechanism) = logged.strip_prefix("AUTH ") {
+            let mechanism = mechanism.split(' ').next().unwrap_or("");
+            self.wire.log_command(&format!("AUTH {mechanism}"));
+        } else if logged.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            self.wire.log_command(logged);
+        }
         self.wire
             .write_all(format!("{line}\r\n").as_bytes())
             .await
@@ -229,7 +237,8 @@ impl Setup<'_> {
             .into_tcp_for_tls()
             .map_err(|e| Failure::transient(format!("{}: {e}; {why}", self.peer)))?;
         let tls = handshake(self.up, tcp, &self.peer, why).await?;
-        let wire = Wire::new(Stream::Tls(Box::new(tls)), self.up.route.command_timeout);
+        let wire = Wire::new(Stream::Tls(Box::new(tls)), self.up.route.command_timeout)
+            .with_log(&self.up.log, self.peer.addr);
         Ok((Setup { wire, ..self }, true))
     }
 
@@ -378,8 +387,10 @@ impl Setup<'_> {
     }
 
     async fn quit(&mut self) {
-        if self.send("QUIT", "QUIT", "QUIT").await.is_ok() {
-            let _ = self.wire.read_reply().await;
+        if self.send("QUIT", "QUIT", "QUIT").await.is_ok()
+            && let Ok(reply) = self.wire.read_reply().await
+        {
+            self.wire.log_reply(&reply, false);
         }
         self.wire.shutdown().await;
     }

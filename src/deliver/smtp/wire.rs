@@ -2,13 +2,15 @@
 //! Reply lines may be long (XOAUTH2 challenges, Exchange diagnostics): they are capped at
 //! [`MAX_REPLY_LINE`], far above anything a server sends, only to bound memory.
 
+use crate::logs::LogSink;
 use crate::smtp::Reply;
 use crate::smtp::reply::{ReplyParseError, ReplyParser};
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -95,6 +97,14 @@ pub(crate) struct Wire {
     /// How far `buf` has been searched for a line end.
     scanned: usize,
     timeout: Duration,
+    log: Option<WireLog>,
+}
+
+/// The W3C log of one connection: the upstream's address and when the last command went out.
+struct WireLog {
+    sink: LogSink,
+    upstream: SocketAddr,
+    since: Instant,
 }
 
 impl Wire {
@@ -104,6 +114,44 @@ impl Wire {
             buf: Vec::new(),
             scanned: 0,
             timeout,
+            log: None,
+        }
+    }
+
+    /// Logs commands and replies to `sink` (when enabled) as those of `upstream`.
+    pub(crate) fn with_log(mut self, sink: &LogSink, upstream: SocketAddr) -> Self {
+        if sink.is_enabled() {
+            self.log = Some(WireLog {
+                sink: sink.clone(),
+                upstream,
+                since: Instant::now(),
+            });
+        }
+        self
+    }
+
+    /// Logs a command line (`OutboundConnectionCommand`). Callers pass what may be logged: AUTH
+    /// with its mechanism only, SASL responses never.
+    pub(crate) fn log_command(&mut self, line: &str) {
+        if let Some(log) = self.log.as_mut() {
+            let (verb, argument) = line.split_once(' ').unwrap_or((line, ""));
+            log.sink.outbound_command(log.upstream, verb, argument);
+            log.since = Instant::now();
+        }
+    }
+
+    /// Logs a reply (`OutboundConnectionResponse`); `code_only` for replies in an AUTH exchange,
+    /// which may carry challenges or echo what was sent.
+    pub(crate) fn log_reply(&self, reply: &Reply, code_only: bool) {
+        if let Some(log) = self.log.as_ref() {
+            let text = if code_only {
+                reply.code.to_string()
+            } else {
+                reply.one_line()
+            };
+            let bytes = reply.to_wire().len();
+            log.sink
+                .outbound_response(log.upstream, &text, bytes, log.since.elapsed());
         }
     }
 
