@@ -19,6 +19,8 @@
 //! (typed, spanned access and the report).
 
 mod admin;
+// Shared with the policy code, which checks `*@domain` patterns the same way.
+pub(crate) use values::is_host_name;
 mod defaults;
 mod document;
 mod graph;

@@ -4,6 +4,7 @@
 
 mod load;
 
+pub(crate) use load::is_host_name;
 pub use load::{ConfigError, ConfigErrors, default_config, load_file, load_str};
 
 use ipnet::IpNet;

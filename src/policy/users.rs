@@ -95,7 +95,7 @@ impl SenderPattern {
         let text = text.trim();
         if let Some(domain) = text.strip_prefix("*@") {
             let domain = domain.strip_suffix('.').unwrap_or(domain);
-            if is_domain(domain) {
+            if !domain.ends_with('.') && crate::config::is_host_name(domain) {
                 return Ok(SenderPattern::Domain(domain.to_ascii_lowercase()));
             }
             return Err(format!(
@@ -119,20 +119,6 @@ impl SenderPattern {
                 .is_some_and(|(local, d)| !local.is_empty() && d.eq_ignore_ascii_case(domain)),
         }
     }
-}
-
-fn is_domain(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 253
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 struct User {
