@@ -584,6 +584,14 @@ if [ -f "$HERE/inbound.sh" ]; then
     inbound_checks "$BIN"
 fi
 
+# `smarthost send` (the Send-MailMessage of this product) to Postfix's smtp-sink, directly and
+# through the relay's queue.
+if [ -f "$HERE/send.sh" ]; then
+    # shellcheck source=scripts/interop/send.sh
+    source "$HERE/send.sh"
+    send_checks "$BIN"
+fi
+
 # The relay must still be alive after all of that.
 if kill -0 "$RELAY_PID" 2>/dev/null; then
     PASSED=$((PASSED + 1))

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod bounce;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

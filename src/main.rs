@@ -24,6 +24,12 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// Make the running relay read its configuration file again (as SIGHUP does), without dropping
+    /// sessions. A configuration with errors is refused (exit status 1) and the running one kept.
+    Reload {
+        #[command(flatten)]
+        target: smarthost::cli::queue::Target,
+    },
     /// Look at and manage the queue of the running relay (like mailq, postqueue and postsuper).
     Queue {
         #[command(flatten)]
@@ -55,6 +61,23 @@ enum Command {
     /// Reads the password twice from the terminal without echo, or the first line of stdin when
     /// that is not a terminal.
     Passwd,
+    /// DNS and certificate checks for Direct Send and connectors: `check spf DOMAIN --ip IP`,
+    /// `check dnsbl IP`, `check mx DOMAIN`, `check cert FILE --domain D`. Exit status 0 when all
+    /// is well, 1 otherwise, 2 when the check could not run.
+    Check {
+        #[command(subcommand)]
+        command: smarthost::cli::check::CheckCommand,
+    },
+    /// Write a message (text or --html body, --attach files) and send it to an SMTP server
+    /// (--server, --tls, --user/--password-env) or, with --via-queue, through the local relay's
+    /// Pickup folder. Exit status 0 when every recipient was accepted, 1 otherwise, 2 for usage.
+    Send(Box<smarthost::cli::send::SendArgs>),
+    /// Run as a Windows service: `service install [--config FILE]`, `service uninstall`
+    /// (only on Windows; on Linux use dist/smarthost.service with systemd).
+    Service {
+        #[command(subcommand)]
+        command: smarthost::cli::service::ServiceCommand,
+    },
     /// The W3C extended log files (data_dir/logs/smtpsvc-YYYYMMDD.log, as IIS SMTP wrote them), e.g.
     /// smarthost logs export --since "2026-11-29 00:00" --csv smtp.csv [--outbound].
     Logs {
@@ -69,6 +92,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
+            let config_path = config.clone();
             let config = match config {
                 Some(path) => match smarthost::config::load_file(&path) {
                     Ok(c) => c,
@@ -88,7 +112,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(smarthost::cli::serve::run(config)) {
+            match runtime.block_on(smarthost::cli::serve::run(config, config_path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("smarthost: {e:#}");
@@ -103,6 +127,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         }
+        Command::Reload { target } => control_exit(smarthost::cli::reload::run(&target)),
         Command::Queue { target, command } => {
             control_exit(smarthost::cli::queue::run(&target, command))
         }
@@ -136,6 +161,15 @@ fn main() -> ExitCode {
         Command::Logs { target, command } => {
             control_exit(smarthost::cli::logs::run(&target, command))
         }
+        Command::Service { command } => match run_service(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("smarthost: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Send(args) => control_exit(smarthost::cli::send::run(&args)),
+        Command::Check { command } => ExitCode::from(smarthost::cli::check::run(command)),
         Command::Passwd => match smarthost::cli::passwd::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -144,6 +178,22 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+#[cfg(windows)]
+use smarthost::cli::service::service_main;
+// The SCM's entry point (the macro's FFI glue lives here: the library forbids unsafe code).
+#[cfg(windows)]
+windows_service::define_windows_service!(ffi_service_main, service_main);
+
+#[cfg(windows)]
+fn run_service(command: smarthost::cli::service::ServiceCommand) -> anyhow::Result<()> {
+    smarthost::cli::service::run(command, ffi_service_main)
+}
+
+#[cfg(not(windows))]
+fn run_service(command: smarthost::cli::service::ServiceCommand) -> anyhow::Result<()> {
+    smarthost::cli::service::run(command)
 }
 
 /// 0 done, 1 the relay refused (unknown id, ...), 2 usage, configuration or no relay to ask.

@@ -368,7 +368,8 @@ impl Badmail {
             Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
                 let tmp = tmp_path(target);
                 fs::copy(source, &tmp)?;
-                File::open(&tmp)?.sync_all()?;
+                // Opened for writing: Windows flushes only a handle with write access.
+                File::options().write(true).open(&tmp)?.sync_all()?;
                 let linked = link_new(&tmp, target);
                 let _ = fs::remove_file(&tmp);
                 linked?;
@@ -578,7 +579,7 @@ fn exists(path: &Path) -> io::Error {
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    crate::spool::sync_dir(dir)
 }
 
 #[cfg(test)]

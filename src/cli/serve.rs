@@ -1,5 +1,10 @@
 //! `smarthost serve`: recovers the spool, starts the queue runner and the listeners, and runs until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM. SIGHUP (or `smarthost reload`) reads the configuration file again
+//! (`reload.rs`).
+
+mod reload;
+
+pub use reload::ReloadSummary;
 
 use crate::bounce::badmail::Badmail;
 use crate::clock::{Clock, SystemClock};
@@ -34,9 +39,33 @@ pub struct Running {
     runner: tokio::task::JoinHandle<()>,
     control: tokio::task::JoinHandle<std::io::Result<()>>,
     pickup: tokio::task::JoinHandle<()>,
+    reloader: Arc<reload::Reloader>,
 }
 
 impl Running {
+    /// Reads the configuration file `path` again and applies what can change while running (see
+    /// `reload.rs`); with errors nothing changes and they are returned, one per line. Blocking.
+    pub fn reload(&self, path: &std::path::Path) -> Result<ReloadSummary, String> {
+        self.reloader.reload(path)
+    }
+
+    /// The file that SIGHUP and `smarthost reload` read again (`serve --config`).
+    pub fn set_config_path(&self, path: Option<std::path::PathBuf>) {
+        *self
+            .reloader
+            .path
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = path;
+    }
+
+    /// Reloads the file set by [`Running::set_config_path`], away from the runtime's workers.
+    pub async fn reload_configured(&self) -> Result<ReloadSummary, String> {
+        let reloader = self.reloader.clone();
+        tokio::task::spawn_blocking(move || reloader.reload_configured())
+            .await
+            .unwrap_or_else(|e| Err(format!("the reload failed: {e}")))
+    }
+
     /// Stops accepting, lets sessions in DATA finish, waits for attempts in progress.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -182,18 +211,32 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         local_addrs.clone(),
         shutdown_rx.clone(),
     )?;
-    let context = Arc::new(ServerContext {
-        hostname: config.hostname.clone(),
-        limits: config.limits.clone(),
-        router,
+    let live = server::Live::new(
+        ServerContext {
+            hostname: config.hostname.clone(),
+            limits: config.limits.clone(),
+            router,
+            ingest: ingest.clone(),
+            users: Arc::new(UserDb::new(&config.users)),
+            lockout: Arc::new(Lockout::new(config.auth_lockout.clone())),
+            clock: clock.clone(),
+            log: w3c_sink.clone(),
+        },
+        &listeners,
+    );
+    let reloader = Arc::new(reload::Reloader {
+        path: std::sync::Mutex::new(None),
+        lockout_config: std::sync::Mutex::new(config.auth_lockout.clone()),
+        started: std::sync::Mutex::new(config),
+        queue: queue.clone(),
+        live: live.clone(),
         ingest,
-        users: Arc::new(UserDb::new(&config.users)),
-        lockout: Lockout::new(config.auth_lockout.clone()),
         clock: clock.clone(),
         log: w3c_sink,
     });
+    control_handler.set_reload(reloader.clone());
     let runner = tokio::spawn(queue.clone().run(shutdown_rx.clone()));
-    let server = tokio::spawn(server::run(listeners, context, shutdown_rx));
+    let server = tokio::spawn(server::run(listeners, live, shutdown_rx));
     Ok(Running {
         local_addrs,
         queue,
@@ -205,13 +248,16 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         runner,
         control,
         pickup,
+        reloader,
     })
 }
 
-/// Runs until a signal, printing what a newcomer needs to know first.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs until SIGINT or SIGTERM, printing what a newcomer needs to know first. SIGHUP reads
+/// `config_path` again (a relay on the built-in configuration has nothing to read: it says so).
+pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let config_for_summary = config.clone();
     let running = start(config).await?;
+    running.set_config_path(config_path);
     // A closed stdout (a service manager, a test that stopped reading) must not stop the relay.
     // With `[logs] json` stdout carries JSON lines only.
     if !config_for_summary.logs.json {
@@ -221,7 +267,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             describe(&config_for_summary, &running.local_addrs)
         );
     }
-    wait_for_signal().await?;
+    wait_for_stop(&running).await?;
     tracing::info!("shutting down: no new connections; undelivered mail stays in the spool");
     running.shutdown().await;
     tracing::info!("stopped");
@@ -320,17 +366,29 @@ fn listener_summary(l: &ListenerConfig) -> String {
     parts.join(", ")
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGINT or SIGTERM; each SIGHUP meanwhile reloads the configuration (its outcome is
+/// logged by the reload).
+async fn wait_for_stop(running: &Running) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return Ok(r?),
+                _ = term.recv() => return Ok(()),
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = running.reload_configured().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    {
+        let _ = running;
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 /// The longest request line the relay reads (requests are small; this bounds a confused client).
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 
+/// What the command line asks for. `Reload` reads the configuration file again, as SIGHUP does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
@@ -28,7 +29,6 @@ pub enum Request {
     BadmailList,
     BadmailShow { name: String },
     BadmailResubmit { name: String },
-    /// Read the configuration file again (as SIGHUP does).
     Reload,
 }
 

@@ -50,6 +50,6 @@ fn write_durably(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Re
     f.sync_data()?;
     drop(f);
     std::fs::rename(&tmp, &target)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    crate::spool::sync_dir(dir)?;
     Ok(target)
 }

@@ -118,6 +118,14 @@ impl SmtpTransport {
         .await
     }
 
+    /// Ends the idle connections with QUIT now (for one-shot callers such as `smarthost send`,
+    /// whose runtime ends before the idle timer would).
+    pub async fn close(&self) {
+        while let Some(idle) = self.idle.take() {
+            idle.conn.quit().await;
+        }
+    }
+
     /// An idle connection that still answers RSET, or a new one once a slot is free.
     async fn checkout(&self) -> Result<(Connection, OwnedSemaphorePermit), connection::Failure> {
         loop {

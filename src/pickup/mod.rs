@@ -351,7 +351,7 @@ impl Watcher {
             }
             fs::remove_file(&path)?;
             // Best effort: a removal lost in a crash means the file is sent again, not lost.
-            if let Err(e) = fs::File::open(&dir).and_then(|d| d.sync_all()) {
+            if let Err(e) = crate::spool::sync_dir(&dir) {
                 tracing::debug!(error = %e, "cannot sync the Pickup folder");
             }
             Ok(true)

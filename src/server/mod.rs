@@ -102,7 +102,10 @@ impl Live {
     }
 
     fn listener(&self, index: usize) -> Arc<Listener> {
-        self.listeners.read().unwrap_or_else(PoisonError::into_inner)[index].clone()
+        self.listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)[index]
+            .clone()
     }
 
     /// The configurations of the listeners in use, in the order they were bound.
@@ -115,10 +118,10 @@ impl Live {
             .collect()
     }
 
-    /// Checks that every listener in use has a configuration in `configs` (matched by `address`)
-    /// and builds its new state, reading certificates again. Nothing changes yet; an error names
-    /// the listener. Listeners in `configs` with an address not in use are left out (a restart binds
-    /// them).
+    /// Builds the new state of every listener in use from its configuration in `configs` (matched
+    /// by `address`), reading certificates again. Nothing changes yet; an error names the listener.
+    /// A listener in use that `configs` lacks keeps its state, and listeners in `configs` with an
+    /// address not in use are left out: a restart unbinds or binds them.
     pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<PreparedListeners, String> {
         let current = self
             .listeners
@@ -128,10 +131,9 @@ impl Live {
         let mut prepared = Vec::new();
         for old in &current {
             let Some(config) = configs.iter().find(|c| c.address == old.config.address) else {
-                return Err(format!(
-                    "listener {} is not in the new configuration",
-                    old.config.address
-                ));
+                // Removed from the file: it runs as it did until a restart.
+                prepared.push(old.clone());
+                continue;
             };
             let tls = match (config.tls, &config.certificate, &config.private_key) {
                 (ListenerTls::None, _, _) => None,
@@ -162,7 +164,10 @@ impl Live {
 
     /// Puts a new context and the prepared listeners in place for sessions accepted from now on.
     pub fn apply(&self, context: ServerContext, listeners: PreparedListeners) {
-        *self.listeners.write().unwrap_or_else(PoisonError::into_inner) = listeners.0;
+        *self
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = listeners.0;
         *self.context.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(context);
     }
 }
@@ -170,6 +175,16 @@ impl Live {
 /// Listener states built by [`Live::prepare`], waiting for [`Live::apply`].
 #[derive(Debug)]
 pub struct PreparedListeners(Vec<Arc<Listener>>);
+
+impl PreparedListeners {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl BoundListener {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -252,14 +267,8 @@ fn listen(address: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
 }
 
 /// Serves every listener until `shutdown` turns true, then drains sessions.
-pub async fn run(
-    listeners: Vec<BoundListener>,
-    live: Arc<Live>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let connections = Arc::new(Semaphore::new(
-        live.context().limits.max_connections.max(1),
-    ));
+pub async fn run(listeners: Vec<BoundListener>, live: Arc<Live>, shutdown: watch::Receiver<bool>) {
+    let connections = Arc::new(Semaphore::new(live.context().limits.max_connections.max(1)));
     let mut sessions = JoinSet::new();
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(64);
     let mut acceptors = JoinSet::new();

@@ -217,8 +217,7 @@ impl Spool {
     }
 
     fn sync_queue_dir(&self) -> io::Result<()> {
-        self.dir_sync
-            .sync(|| File::open(&self.queue_dir).and_then(|d| d.sync_all()))
+        self.dir_sync.sync(|| sync_dir(&self.queue_dir))
     }
 
     /// The stored content of a message.
@@ -300,6 +299,16 @@ impl Spool {
             ));
         }
         Ok(envelope)
+    }
+}
+
+/// Makes a rename or a new file in `dir` durable (fsync of the directory). Windows cannot open a
+/// directory as a file (NTFS journals its metadata): a no-op there.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    if cfg!(unix) {
+        File::open(dir)?.sync_all()
+    } else {
+        Ok(())
     }
 }
 

@@ -6,7 +6,11 @@ use crate::config::{Limits, QueueConfig, TlsMode};
 use std::time::Duration;
 
 /// Relative, so kept relative: to the current directory.
+#[cfg(not(windows))]
 pub const DATA_DIR: &str = "./smarthost-data";
+/// On Windows (a service starts in System32): `%ProgramData%\smarthost`.
+#[cfg(windows)]
+pub const DATA_DIR: &str = r"C:\ProgramData\smarthost";
 /// A drop route's folder when it has no `path`, below `data_dir`.
 pub const DROP_DIR: &str = "outbox";
 
