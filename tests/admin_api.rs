@@ -323,6 +323,17 @@ async fn queue_actions_through_the_api() {
 
     let status = relay.get_json("/api/v1/status").await;
     assert_eq!(status["queue_messages"], 2);
+    // The upstream is down: its route's health says so, with the reason.
+    let upstreams = relay.get_json("/api/v1/upstreams").await;
+    let health = &upstreams
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["route"] == "upstream")
+        .expect("the route is listed")["health"];
+    assert!(health["failures_in_a_row"].as_u64().unwrap() >= 2, "{upstreams}");
+    assert_eq!(health["last_outcome"], "deferred");
+    assert!(health["last_detail"].as_str().unwrap().contains("connect"), "{upstreams}");
     let detail: MessageDetail =
         serde_json::from_value(relay.get_json(&format!("/api/v1/queue/{a}")).await).unwrap();
     assert_eq!(detail.info.id, a);
@@ -432,6 +443,36 @@ async fn metrics_count_a_known_traffic_pattern_and_send_test_submits() {
         3.0
     );
     assert_eq!(get(&after, "smarthost_queue_messages"), 0.0);
+
+    // Recent deliveries and upstream health show the same traffic.
+    let recent = relay.get_json("/api/v1/deliveries").await;
+    let ours: Vec<&Value> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["route"] == "metered")
+        .collect();
+    assert_eq!(ours.len(), 3, "{recent}");
+    for n in 0..3 {
+        let rcpt = format!("user{n}@remote.example");
+        let d = ours
+            .iter()
+            .find(|d| d["recipient"] == rcpt.as_str())
+            .unwrap_or_else(|| panic!("{rcpt} in {recent}"));
+        assert_eq!(d["outcome"], "delivered");
+        assert!(!d["queue_id"].as_str().unwrap().is_empty());
+        assert!(d["detail"].as_str().unwrap().contains("250"), "{d}");
+    }
+    let upstreams = relay.get_json("/api/v1/upstreams").await;
+    let metered = upstreams
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["route"] == "metered")
+        .expect("the route is listed");
+    assert_eq!(metered["health"]["failures_in_a_row"], 0, "{upstreams}");
+    assert_eq!(metered["health"]["last_outcome"], "delivered");
+    assert!(metered["health"]["last_success"].as_u64().unwrap() > 0);
     assert!(after.contains_key("smarthost_auth_failures_total"));
     assert!(after.contains_key("smarthost_token_refreshes_total"));
     assert!(after.contains_key("smarthost_throttle_waits_total"));

@@ -27,6 +27,8 @@ pub fn router(context: Arc<AdminContext>) -> Router {
         .route("/api/v1/badmail", get(badmail_list))
         .route("/api/v1/badmail/{name}/resubmit", post(badmail_resubmit))
         .route("/api/v1/routes", get(routes))
+        .route("/api/v1/deliveries", get(deliveries))
+        .route("/api/v1/upstreams", get(upstreams))
         .route("/api/v1/config", get(config))
         .route("/api/v1/send-test", post(send_test))
         .route("/metrics", get(metrics_text))
@@ -187,6 +189,28 @@ async fn badmail_resubmit(State(ctx): Ctx, Path(name): Path<String>) -> Response
 
 async fn routes(State(ctx): Ctx) -> Response {
     Json(redact::routes(&ctx.config)).into_response()
+}
+
+/// The latest recipient results (delivered, deferred, failed), newest first.
+async fn deliveries() -> Response {
+    Json(metrics::metrics().recent_deliveries()).into_response()
+}
+
+/// Every route with how its upstream answered lately (`health` is null before the first attempt).
+async fn upstreams(State(ctx): Ctx) -> Response {
+    let health = metrics::metrics().route_health();
+    let list: Vec<serde_json::Value> = ctx
+        .config
+        .routes
+        .iter()
+        .map(|route| {
+            serde_json::json!({
+                "route": route.name,
+                "health": health.get(&route.name),
+            })
+        })
+        .collect();
+    Json(list).into_response()
 }
 
 async fn config(State(ctx): Ctx) -> Response {

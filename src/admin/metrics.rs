@@ -114,16 +114,112 @@ pub struct Metrics {
     pub throttle_waits: Counter,
     /// Time of one upstream transaction (connection set-up included when there was none to reuse).
     pub upstream_reply: LabeledHistogram,
+    /// The latest recipient results, newest last (at most [`RECENT_KEPT`]).
+    pub recent: Mutex<std::collections::VecDeque<DeliveryRecord>>,
+    /// How each route's upstream answered lately.
+    pub health: Mutex<BTreeMap<String, RouteHealth>>,
+}
+
+/// Recipient results kept for the admin page's "recent traffic".
+pub const RECENT_KEPT: usize = 200;
+
+/// One recipient's result, as "recent deliveries" shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryRecord {
+    /// Unix seconds.
+    pub at: u64,
+    pub queue_id: String,
+    pub route: String,
+    pub recipient: String,
+    /// `delivered`, `deferred` or `failed`.
+    pub outcome: &'static str,
+    /// The upstream's reply or the reason.
+    pub detail: String,
+}
+
+/// A route's upstream as its latest results show it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RouteHealth {
+    pub last_attempt: u64,
+    pub last_success: Option<u64>,
+    pub last_failure: Option<u64>,
+    /// Temporary failures in a row since the last success: 0 is healthy.
+    pub failures_in_a_row: u64,
+    pub last_outcome: &'static str,
+    pub last_detail: String,
 }
 
 impl Metrics {
-    /// Counts one recipient's result on `route`.
+    /// Counts one recipient's result on `route`, and keeps it for "recent deliveries" and the
+    /// route's health.
     pub fn recipient_result(&self, route: &str, result: &RecipientResult) {
-        match result {
-            RecipientResult::Delivered { .. } => self.delivered.inc(route),
-            RecipientResult::Deferred { .. } => self.deferred.inc(route),
-            RecipientResult::Failed { .. } => self.bounced.inc(route),
+        self.recipient_result_for(route, "", "", 0, result);
+    }
+
+    /// The same with the message, the recipient and the time (Unix seconds).
+    pub fn recipient_result_for(
+        &self,
+        route: &str,
+        queue_id: &str,
+        recipient: &str,
+        at: u64,
+        result: &RecipientResult,
+    ) {
+        let (outcome, detail) = match result {
+            RecipientResult::Delivered { reply } => {
+                self.delivered.inc(route);
+                ("delivered", reply)
+            }
+            RecipientResult::Deferred { reason } => {
+                self.deferred.inc(route);
+                ("deferred", reason)
+            }
+            RecipientResult::Failed { reason } => {
+                self.bounced.inc(route);
+                ("failed", reason)
+            }
+        };
+        {
+            let mut health = self.health.lock().expect("health lock");
+            let h = health.entry(route.to_string()).or_default();
+            h.last_attempt = at;
+            h.last_outcome = outcome;
+            h.last_detail = detail.clone();
+            match outcome {
+                // A recipient's permanent refusal still means the upstream answered.
+                "delivered" | "failed" => {
+                    h.last_success = Some(at);
+                    h.failures_in_a_row = 0;
+                }
+                _ => {
+                    h.last_failure = Some(at);
+                    h.failures_in_a_row += 1;
+                }
+            }
         }
+        let mut recent = self.recent.lock().expect("recent lock");
+        if recent.len() == RECENT_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(DeliveryRecord {
+            at,
+            queue_id: queue_id.to_string(),
+            route: route.to_string(),
+            recipient: recipient.to_string(),
+            outcome,
+            detail: detail.clone(),
+        });
+    }
+
+    /// The latest recipient results, newest first.
+    pub fn recent_deliveries(&self) -> Vec<DeliveryRecord> {
+        let recent = self.recent.lock().expect("recent lock");
+        recent.iter().rev().cloned().collect()
+    }
+
+    /// Each route's health, by name.
+    pub fn route_health(&self) -> BTreeMap<String, RouteHealth> {
+        self.health.lock().expect("health lock").clone()
     }
 
     /// The Prometheus text format; `queue_messages` and `oldest_age_seconds` are the queue gauges.

@@ -549,8 +549,14 @@ impl Queue {
                 .unwrap_or(RecipientResult::Deferred {
                     reason: "transport returned no result for this recipient".into(),
                 });
-            crate::admin::metrics::metrics().recipient_result(route_name, &result);
             let rcpt = &mut envelope.recipients[index];
+            crate::admin::metrics::metrics().recipient_result_for(
+                route_name,
+                &envelope.id,
+                &rcpt.address,
+                at,
+                &result,
+            );
             log_result(
                 &envelope.id,
                 &envelope.sender,
