@@ -331,9 +331,15 @@ async fn queue_actions_through_the_api() {
         .iter()
         .find(|u| u["route"] == "upstream")
         .expect("the route is listed")["health"];
-    assert!(health["failures_in_a_row"].as_u64().unwrap() >= 2, "{upstreams}");
+    assert!(
+        health["failures_in_a_row"].as_u64().unwrap() >= 2,
+        "{upstreams}"
+    );
     assert_eq!(health["last_outcome"], "deferred");
-    assert!(health["last_detail"].as_str().unwrap().contains("connect"), "{upstreams}");
+    assert!(
+        health["last_detail"].as_str().unwrap().contains("connect"),
+        "{upstreams}"
+    );
     let detail: MessageDetail =
         serde_json::from_value(relay.get_json(&format!("/api/v1/queue/{a}")).await).unwrap();
     assert_eq!(detail.info.id, a);
