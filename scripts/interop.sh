@@ -58,30 +58,6 @@ trap 'exit 130' INT TERM
 PASSED=0
 FAILED=0
 FAILED_NAMES=()
-# check NAME FUNCTION: runs FUNCTION with its output in $T/checks/NAME.log; prints PASS or FAIL
-# (with the log's tail). A check fails on the first command that fails: errexit in a subshell,
-# which is not run as an `if`/`||` condition because there bash would silently ignore errexit.
-check() {
-    local name=$1 fn=$2 started=$SECONDS rc
-    mkdir -p "$T/checks"
-    set +e
-    (
-        set -euo pipefail
-        "$fn"
-    ) >"$T/checks/$name.log" 2>&1
-    rc=$?
-    set -e
-    if [ "$rc" -eq 0 ]; then
-        PASSED=$((PASSED + 1))
-        printf 'PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
-    else
-        FAILED=$((FAILED + 1))
-        FAILED_NAMES+=("$name")
-        printf 'FAIL %s (%ss)\n' "$name" "$((SECONDS - started))"
-        tail -n 25 "$T/checks/$name.log" | sed 's/^/    | /'
-    fi
-}
-
 # ---------------------------------------------------------------------------------------------
 log "installing third-party programs (if missing)"
 install_deps
@@ -245,21 +221,7 @@ check_curl_byte_exact() {
 }
 
 # wait_dump MARKER SECONDS: prints the one smtp-sink dump file that contains MARKER.
-wait_dump() {
-    local deadline=$((SECONDS + $2)) files=""
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        files=$(grep -rlF -- "$1" "$T/dump" 2>/dev/null || true)
-        [ -n "$files" ] && break
-        sleep 0.1
-    done
-    sleep 0.5 # a second copy would show up now
-    files=$(grep -rlF -- "$1" "$T/dump" 2>/dev/null || true)
-    if [ "$(printf '%s' "$files" | grep -c .)" -ne 1 ]; then
-        echo "expected one dump file with $1, found: ${files:-none}" >&2
-        return 1
-    fi
-    echo "$files"
-}
+wait_dump() { wait_dump_in "$T/dump" "$1" "$2"; }
 
 check_curl_smtp_out_byte_exact() {
     # curl -> smarthost -> SMTP (dot-stuffing on the way out) -> smtp-sink dump.

@@ -9,7 +9,7 @@
 #       KEEP_TMP=1 keeps the temporary directory (relay log, configuration, each check's log).
 #
 #   source scripts/interop/inbound.sh; inbound_checks /path/to/smarthost
-#       From scripts/interop.sh: uses its check(), $T, track_pid() and cleanup; defines functions only.
+#       From scripts/interop.sh: uses check() (scripts/interop/lib.sh), $T, track_pid() and cleanup; defines functions only.
 #
 # Installs nothing: swaks, openssl, python3 and curl must be there. Everything talks to 127.0.0.1
 # (and 127.0.0.2-5 as client source addresses) only. One relay is started with these listeners:
@@ -407,25 +407,7 @@ inbound_main() {
 
     PASSED=0
     FAILED=0
-    check() {
-        local name=$1 fn=$2 started=$SECONDS rc
-        mkdir -p "$T/checks"
-        set +e
-        (
-            set -euo pipefail
-            "$fn"
-        ) >"$T/checks/$name.log" 2>&1
-        rc=$?
-        set -e
-        if [ "$rc" -eq 0 ]; then
-            PASSED=$((PASSED + 1))
-            printf 'PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
-        else
-            FAILED=$((FAILED + 1))
-            printf 'FAIL %s (%ss)\n' "$name" "$((SECONDS - started))"
-            tail -n 25 "$T/checks/$name.log" | sed 's/^/    | /'
-        fi
-    }
+    FAILED_NAMES=()
     inbound_checks "$bin"
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]

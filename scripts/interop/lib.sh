@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for scripts/interop.sh and bench/run.sh. Source it; it defines functions only.
+# Shared helpers for scripts/interop.sh, its parts in scripts/interop/ and bench/run.sh. Source it; it defines functions only.
 #
 # Everything here talks to 127.0.0.1 only. Every process a helper starts is recorded (track_pid,
 # CLEANUP_POSTFIX) so that the caller's EXIT trap (run_cleanup) stops it. PIDs also go to the file
@@ -17,6 +17,50 @@ track_pid() {
 }
 
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
+
+# check NAME FUNCTION: runs FUNCTION with its output in $T/checks/NAME.log; prints PASS or FAIL
+# (with the log's tail) and counts it in PASSED / FAILED (FAILED_NAMES lists the failures). A check
+# fails on the first command that fails: errexit in a subshell, which is not run as an `if`/`||`
+# condition because there bash would silently ignore errexit.
+check() {
+    local name=$1 fn=$2 started=$SECONDS rc
+    mkdir -p "$T/checks"
+    set +e
+    (
+        set -euo pipefail
+        "$fn"
+    ) >"$T/checks/$name.log" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ]; then
+        PASSED=$((PASSED + 1))
+        printf 'PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
+    else
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("$name")
+        printf 'FAIL %s (%ss)\n' "$name" "$((SECONDS - started))"
+        tail -n 25 "$T/checks/$name.log" | sed 's/^/    | /'
+    fi
+}
+
+# wait_dump_in DIR MARKER SECONDS: prints the one smtp-sink dump file below DIR that contains
+# MARKER; fails when there is none in time, or more than one (a message delivered twice).
+wait_dump_in() {
+    local deadline=$((SECONDS + $3)) files=""
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        files=$(grep -rlF -- "$2" "$1" 2>/dev/null || true)
+        [ -n "$files" ] && break
+        sleep 0.1
+    done
+    sleep 0.5 # a second copy would show up now
+    files=$(grep -rlF -- "$2" "$1" 2>/dev/null || true)
+    if [ "$(printf '%s' "$files" | grep -c .)" -ne 1 ]; then
+        echo "expected one dump file with $2, found: ${files:-none}" >&2
+        return 1
+    fi
+    echo "$files"
+}
+
 die() { log "error: $*"; exit 1; }
 
 # Installs the third-party programs the scripts drive, on a fresh Debian machine too.

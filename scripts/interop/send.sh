@@ -11,7 +11,7 @@
 #       KEEP_TMP=1 keeps the temporary directory.
 #
 #   source scripts/interop/send.sh; send_checks /path/to/smarthost
-#       From scripts/interop.sh: uses its check(), $T, track_pid() and cleanup; defines functions only.
+#       From scripts/interop.sh: uses check() (scripts/interop/lib.sh), $T, track_pid() and cleanup; defines functions only.
 #
 # Installs nothing: /usr/sbin/smtp-sink (postfix) and python3 must be there. Everything talks to
 # 127.0.0.1 only. Checks:
@@ -60,21 +60,7 @@ TOML
 }
 
 # send_wait_dump MARKER SECONDS: prints the one dump file that contains MARKER.
-send_wait_dump() {
-    local deadline=$((SECONDS + $2)) files=""
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        files=$(grep -rlF -- "$1" "$SEND_DIR/dump" 2>/dev/null || true)
-        [ -n "$files" ] && break
-        sleep 0.1
-    done
-    sleep 0.5 # a second copy would show up now
-    files=$(grep -rlF -- "$1" "$SEND_DIR/dump" 2>/dev/null || true)
-    if [ "$(printf '%s' "$files" | grep -c .)" -ne 1 ]; then
-        echo "expected one dump file with $1, found: ${files:-none}" >&2
-        return 1
-    fi
-    echo "$files"
-}
+send_wait_dump() { wait_dump_in "$SEND_DIR/dump" "$1" "$2"; }
 
 # send_validate DUMP MARKER: the dumped message, read with Python's email package, is the one
 # send_message wrote.
@@ -190,25 +176,7 @@ send_main() {
 
     PASSED=0
     FAILED=0
-    check() {
-        local name=$1 fn=$2 started=$SECONDS rc
-        mkdir -p "$T/checks"
-        set +e
-        (
-            set -euo pipefail
-            "$fn"
-        ) >"$T/checks/$name.log" 2>&1
-        rc=$?
-        set -e
-        if [ "$rc" -eq 0 ]; then
-            PASSED=$((PASSED + 1))
-            printf 'PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
-        else
-            FAILED=$((FAILED + 1))
-            printf 'FAIL %s (%ss)\n' "$name" "$((SECONDS - started))"
-            tail -n 25 "$T/checks/$name.log" | sed 's/^/    | /'
-        fi
-    }
+    FAILED_NAMES=()
     send_checks "$bin"
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]
