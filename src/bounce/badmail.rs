@@ -135,15 +135,35 @@ impl Badmail {
             resubmitted: Vec::new(),
         };
         let mut moved = Vec::new();
-        for (source, ext) in [(msg, "bad"), (env, "env-unreadable")] {
-            if let Some(source) = source {
-                self.move_new(source, &self.path(&name, ext))?;
-                moved.push(source);
+        let mut stored_envelope = false;
+        if let Some(source) = msg {
+            // A spool file keeps the envelope of acceptance in front of the content: the .bad file
+            // gets the message alone (so it can be resubmitted), the envelope goes beside it.
+            match fs::read(source)
+                .ok()
+                .and_then(|bytes| match crate::spool::split_stored(&bytes) {
+                    Ok((Some(envelope), content)) => Some((envelope.to_vec(), content.to_vec())),
+                    _ => None,
+                }) {
+                Some((envelope, content)) => {
+                    self.write_new(&name, "bad", &content)?;
+                    if env.is_none() {
+                        self.write_new(&name, "env-unreadable", &envelope)?;
+                        stored_envelope = true;
+                    }
+                    fs::remove_file(source)?;
+                }
+                None => self.move_new(source, &self.path(&name, "bad"))?,
             }
+            moved.push(source);
+        }
+        if let Some(source) = env {
+            self.move_new(source, &self.path(&name, "env-unreadable"))?;
+            moved.push(source);
         }
         let files = Unreadable {
             content: msg.is_some(),
-            envelope: env.is_some(),
+            envelope: env.is_some() || stored_envelope,
         };
         self.write_new(&name, "bdr", describe(&record, Some(files)).as_bytes())?;
         self.write_new(&name, "bdp", &to_json(&record)?)?;
@@ -864,6 +884,28 @@ mod tests {
         assert_eq!(
             kind(badmail.mark_resubmitted("nope", "X", 1)).0,
             io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn a_spool_file_in_badmail_keeps_the_message_alone_and_its_envelope_beside_it() {
+        let data = tempfile::tempdir().unwrap();
+        let queue = data.path().join("spool/queue");
+        fs::create_dir_all(&queue).unwrap();
+        let badmail = Badmail::open(data.path()).unwrap();
+        let msg = queue.join(format!("{ID}.msg"));
+        let mut stored = b"SMARTHOST-SPOOL-1 10\r\n{\"id\":\"x\"}\r\n".to_vec();
+        stored.extend_from_slice(CONTENT);
+        fs::write(&msg, &stored).unwrap();
+        let name = badmail
+            .store_unreadable(ID, "message content is 3 bytes", Some(&msg), None)
+            .unwrap();
+        assert!(!msg.exists());
+        let dir = badmail.dir();
+        assert_eq!(fs::read(dir.join(format!("{name}.bad"))).unwrap(), CONTENT);
+        assert_eq!(
+            fs::read(dir.join(format!("{name}.env-unreadable"))).unwrap(),
+            b"{\"id\":\"x\"}"
         );
     }
 

@@ -2,25 +2,31 @@
 //! rebuilt from it at start-up.
 //!
 //! Layout below `data_dir/spool/`:
-//! - `queue/<id>.msg`: the message content as it will be delivered (our `Received:` header, then the
-//!   client's data, CRLF line endings). Written once, never changed.
-//! - `queue/<id>.env`: the envelope and the delivery state (JSON, [`Envelope`]): sender, recipients
-//!   each with its own state, attempts, next attempt. Rewritten as a whole (temporary file, fsync, rename)
-//!   after an attempt that leaves work to do, so a retry rewrites only this small file.
+//! - `queue/<id>.msg`: one file per message, written once and never changed: a first line
+//!   `SMARTHOST-SPOOL-1 <n>`, the envelope as it was at acceptance (`n` bytes of JSON, [`Envelope`]),
+//!   a CRLF, then the message content as it will be delivered (our `Received:` header, then the
+//!   client's data, CRLF line endings). Files of earlier versions have no first line (all content)
+//!   and always an `.env` beside them; they are still read.
+//! - `queue/<id>.env`: the envelope and the delivery state when it has changed since acceptance
+//!   (JSON): recipients each with its own state, attempts, next attempt. Written (temporary file,
+//!   fsync, rename) after an attempt that leaves work to do and by queue commands, so a retry
+//!   rewrites only this small file. When it exists it wins over the envelope inside `.msg`.
 //! - `queue/*.tmp`: files being written; removed at start-up.
 //!
 //! Entries that cannot be read are reported by [`Spool::recover`] and moved to Badmail by the caller
 //! (`bounce::badmail`), never deleted.
 //!
-//! A message counts as accepted, and only then gets its `250`, when `<id>.msg` has been fsynced,
-//! `<id>.env` has been fsynced and renamed into place, and the `queue/` directory has been fsynced.
-//! An `.msg` without an `.env` was never accepted (the writer crashed before the rename) and is removed
-//! at start-up. Directory fsyncs of concurrent writers are shared (group commit): each writer waits until
-//! a directory fsync that started after its rename has finished.
+//! A message counts as accepted, and only then gets its `250`, when `<id>.msg.tmp` has been written
+//! and fsynced, renamed to `<id>.msg`, and the `queue/` directory has been fsynced: one new file,
+//! one data sync and one rename per message (the envelope used to be a second file with its own
+//! sync; creating files is what costs most on ext4, see BENCHMARKS.md). A `.tmp` was never
+//! accepted (the writer crashed before the rename) and is removed at start-up. Directory fsyncs of
+//! concurrent writers are shared (group commit): each writer waits until a directory fsync that
+//! started after its rename has finished.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -181,26 +187,46 @@ impl Spool {
     /// Stores a new message durably: when this returns `Ok`, the message survives a crash.
     /// `parts` are written one after the other as the content (e.g. a trace header, then the data).
     pub fn store_new(&self, envelope: &Envelope, parts: &[&[u8]]) -> io::Result<()> {
+        let tmp = self.queue_dir.join(format!("{}.msg.tmp", envelope.id));
         let msg_path = self.msg_path(&envelope.id);
         let result = (|| {
-            let mut f = File::create(&msg_path)?;
-            for part in parts {
-                f.write_all(part)?;
+            let json = serde_json::to_vec(envelope).map_err(io::Error::other)?;
+            let content: usize = parts.iter().map(|p| p.len()).sum();
+            let mut head = Vec::with_capacity(json.len() + 64);
+            head.extend_from_slice(HEADER_MAGIC);
+            head.extend_from_slice(json.len().to_string().as_bytes());
+            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(&json);
+            head.extend_from_slice(b"\r\n");
+            let mut f = File::create(&tmp)?;
+            if content <= SMALL_WRITE {
+                // One write for a small message: fewer system calls on the hot path.
+                let mut all = head;
+                all.reserve(content);
+                for part in parts {
+                    all.extend_from_slice(part);
+                }
+                f.write_all(&all)?;
+            } else {
+                f.write_all(&head)?;
+                for part in parts {
+                    f.write_all(part)?;
+                }
             }
             f.sync_data()?;
             drop(f);
-            self.write_envelope_file(envelope)?;
+            fs::rename(&tmp, &msg_path)?;
             self.sync_queue_dir()
         })();
         if result.is_err() {
             // Nothing was acknowledged; leave no half entry behind.
+            let _ = fs::remove_file(&tmp);
             let _ = fs::remove_file(&msg_path);
-            let _ = fs::remove_file(self.env_path(&envelope.id));
         }
         result
     }
 
-    /// Rewrites the envelope (delivery state) of a stored message, atomically and durably.
+    /// Records a changed envelope (delivery state, hold, ...) durably in `<id>.env`.
     pub fn update(&self, envelope: &Envelope) -> io::Result<()> {
         self.write_envelope_file(envelope)?;
         self.sync_queue_dir()
@@ -220,28 +246,49 @@ impl Spool {
         self.dir_sync.sync(|| sync_dir(&self.queue_dir))
     }
 
-    /// The stored content of a message.
+    /// The message content, without the envelope stored in front of it.
     pub fn read_content(&self, id: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.msg_path(id))
+        let mut bytes = fs::read(self.msg_path(id))?;
+        let offset = match split_stored(&bytes) {
+            Ok((_, content)) => bytes.len() - content.len(),
+            Err(reason) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+        };
+        bytes.drain(..offset);
+        Ok(bytes)
     }
 
+    /// The current envelope: `<id>.env` when the state has changed since acceptance, otherwise the
+    /// one stored in front of the content.
     pub fn read_envelope(&self, id: &str) -> io::Result<Envelope> {
-        let bytes = fs::read(self.env_path(id))?;
-        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        match fs::read(self.env_path(id)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let head = read_head(&self.msg_path(id))?;
+                head.envelope.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "no envelope: neither an .env file nor one stored in the .msg file",
+                    )
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Removes a message whose recipients are all done. The envelope goes first: a crash in between
-    /// leaves an orphan `.msg`, which start-up removes, never an envelope without content.
+    /// Removes a finished message. The content goes first: if the relay stops between the two,
+    /// what is left is an envelope without content, which recovery reports (to Badmail), never
+    /// an entry that would be delivered a second time.
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        fs::remove_file(self.env_path(id))?;
-        match fs::remove_file(self.msg_path(id)) {
+        fs::remove_file(self.msg_path(id))?;
+        match fs::remove_file(self.env_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Reads every entry at start-up (before any writer runs): returns the messages to deliver and the
-    /// unreadable entries, and removes temporary files and content never acknowledged.
+    /// Reads the queue directory at start-up: every accepted message, and the entries that cannot
+    /// be read. Removes temporary files and content that was never accepted.
     pub fn recover(&self) -> io::Result<Vec<Recovered>> {
         let mut envelopes = Vec::new();
         let mut contents = Vec::new();
@@ -259,47 +306,145 @@ impl Spool {
             }
         }
         envelopes.sort();
+        contents.sort();
+        let mut ids: Vec<&String> = envelopes.iter().chain(contents.iter()).collect();
+        ids.sort();
+        ids.dedup();
         let mut found = Vec::new();
-        for id in &envelopes {
-            match self.check_entry(id) {
-                Ok(envelope) => found.push(Recovered::Message(envelope)),
-                Err(reason) => {
-                    found.push(Recovered::Corrupt {
-                        id: id.clone(),
-                        reason,
-                    });
+        for id in ids {
+            let has_env = envelopes.binary_search(id).is_ok();
+            if !has_env {
+                // Content of an earlier version whose envelope was never renamed into place: the
+                // writer crashed before the message was accepted.
+                if matches!(read_head(&self.msg_path(id)), Ok(head) if head.envelope.is_none()) {
+                    fs::remove_file(self.msg_path(id))?;
+                    continue;
                 }
             }
-        }
-        for id in contents {
-            if envelopes.binary_search(&id).is_err() {
-                fs::remove_file(self.msg_path(&id))?;
+            match self.check_entry(id, has_env) {
+                Ok(envelope) => found.push(Recovered::Message(envelope)),
+                Err(reason) => found.push(Recovered::Corrupt {
+                    id: id.clone(),
+                    reason,
+                }),
             }
         }
         Ok(found)
     }
 
-    fn check_entry(&self, id: &str) -> Result<Envelope, String> {
-        let envelope = self
-            .read_envelope(id)
-            .map_err(|e| format!("envelope file unreadable: {e}"))?;
+    fn check_entry(&self, id: &str, has_env: bool) -> Result<Envelope, String> {
+        let head = read_head(&self.msg_path(id))
+            .map_err(|e| format!("message content missing or unreadable: {e}"))?;
+        let envelope = if has_env {
+            let bytes = fs::read(self.env_path(id))
+                .map_err(|e| format!("envelope file unreadable: {e}"))?;
+            serde_json::from_slice::<Envelope>(&bytes)
+                .map_err(|e| format!("envelope file unreadable: {e}"))?
+        } else {
+            head.envelope
+                .ok_or_else(|| "no envelope stored with the message".to_string())?
+        };
         if envelope.id != id {
             return Err(format!(
-                "envelope file names id {} but is stored as {id}",
+                "envelope names id {} but is stored as {id}",
                 envelope.id
             ));
         }
-        let meta = fs::metadata(self.msg_path(id))
-            .map_err(|e| format!("message content missing or unreadable: {e}"))?;
-        if meta.len() != envelope.size {
+        let content = head.file_len - head.header_len;
+        if content != envelope.size {
             return Err(format!(
-                "message content is {} bytes, the envelope says {}",
-                meta.len(),
+                "message content is {content} bytes, the envelope says {}",
                 envelope.size
             ));
         }
         Ok(envelope)
     }
+}
+
+/// The first bytes of a `.msg` file of this version.
+const HEADER_MAGIC: &[u8] = b"SMARTHOST-SPOOL-1 ";
+
+/// Messages up to this size are written with one system call.
+const SMALL_WRITE: usize = 256 * 1024;
+
+/// Splits the bytes of a stored `.msg` file into the envelope stored at acceptance (JSON) and the
+/// content. A file of an earlier version (no first line) is all content. Badmail uses this too, so
+/// that a spool file moved there keeps only the message.
+pub fn split_stored(bytes: &[u8]) -> Result<(Option<&[u8]>, &[u8]), String> {
+    let Some(rest) = bytes.strip_prefix(HEADER_MAGIC) else {
+        return Ok((None, bytes));
+    };
+    let line_end = rest
+        .iter()
+        .take(24)
+        .position(|&b| b == b'\r')
+        .ok_or("spool header: no length")?;
+    let len: usize = std::str::from_utf8(&rest[..line_end])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or("spool header: bad length")?;
+    let json_start = line_end + 2;
+    if rest.get(line_end + 1) != Some(&b'\n')
+        || rest.len() < json_start + len + 2
+        || &rest[json_start + len..json_start + len + 2] != b"\r\n"
+    {
+        return Err("spool header: truncated".into());
+    }
+    Ok((
+        Some(&rest[json_start..json_start + len]),
+        &rest[json_start + len + 2..],
+    ))
+}
+
+/// What the start of a `.msg` file says: the stored envelope (none in files of earlier versions),
+/// the length of the part before the content, and the file's length.
+struct Head {
+    envelope: Option<Envelope>,
+    header_len: u64,
+    file_len: u64,
+}
+
+fn read_head(path: &Path) -> io::Result<Head> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let file_len = f.metadata()?.len();
+    let mut first = vec![0u8; 64.min(file_len as usize)];
+    f.read_exact(&mut first)?;
+    if !first.starts_with(HEADER_MAGIC) {
+        return Ok(Head {
+            envelope: None,
+            header_len: 0,
+            file_len,
+        });
+    }
+    let invalid = |reason: &str| io::Error::new(io::ErrorKind::InvalidData, reason.to_string());
+    let rest = &first[HEADER_MAGIC.len()..];
+    let line_end = rest
+        .iter()
+        .position(|&b| b == b'\r')
+        .ok_or_else(|| invalid("spool header: no length"))?;
+    let len: u64 = std::str::from_utf8(&rest[..line_end])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| invalid("spool header: bad length"))?;
+    let json_start = (HEADER_MAGIC.len() + line_end + 2) as u64;
+    let header_len = json_start + len + 2;
+    if header_len > file_len || len > 16 * 1024 * 1024 {
+        return Err(invalid("spool header: truncated"));
+    }
+    let mut json = vec![0u8; len as usize + 2];
+    f.seek(io::SeekFrom::Start(json_start))?;
+    f.read_exact(&mut json)?;
+    if !json.ends_with(b"\r\n") {
+        return Err(invalid("spool header: truncated"));
+    }
+    let envelope = serde_json::from_slice(&json[..len as usize])
+        .map_err(|e| invalid(&format!("stored envelope unreadable: {e}")))?;
+    Ok(Head {
+        envelope: Some(envelope),
+        header_len,
+        file_len,
+    })
 }
 
 /// Makes a rename or a new file in `dir` durable (fsync of the directory). Windows cannot open a
@@ -475,7 +620,12 @@ mod tests {
         spool
             .store_new(&envelope(&truncated, 4), &[b"body"])
             .unwrap();
-        fs::write(spool.queue_dir().join(format!("{truncated}.msg")), b"bo").unwrap();
+        let stored = fs::read(spool.queue_dir().join(format!("{truncated}.msg"))).unwrap();
+        fs::write(
+            spool.queue_dir().join(format!("{truncated}.msg")),
+            &stored[..stored.len() - 2],
+        )
+        .unwrap();
 
         let found = spool.recover().unwrap();
         let mut messages = 0;
@@ -509,13 +659,12 @@ mod tests {
         left.sort();
         // The unreadable entries stay where they are until the caller moves them to Badmail;
         // the orphan content and the temporary file are gone.
-        let mut expected = vec![format!("{good}.env"), format!("{good}.msg")];
-        for id in [&garbled, &truncated] {
-            let (msg, env) = spool.entry_paths(id);
-            for path in [msg, env] {
-                expected.push(path.file_name().unwrap().to_str().unwrap().to_string());
-            }
-        }
+        let mut expected = vec![
+            format!("{good}.msg"),
+            format!("{garbled}.env"),
+            format!("{garbled}.msg"),
+            format!("{truncated}.msg"),
+        ];
         expected.sort();
         assert_eq!(left, expected);
     }
@@ -526,10 +675,95 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let id = new_queue_id();
         // A directory where the envelope's temporary file should go makes the write fail.
-        fs::create_dir(spool.queue_dir().join(format!("{id}.env.tmp"))).unwrap();
+        fs::create_dir(spool.queue_dir().join(format!("{id}.msg.tmp"))).unwrap();
         assert!(spool.store_new(&envelope(&id, 4), &[b"body"]).is_err());
         assert!(!spool.queue_dir().join(format!("{id}.msg")).exists());
         assert!(!spool.queue_dir().join(format!("{id}.env")).exists());
+    }
+
+    #[test]
+    fn one_file_per_accepted_message_holds_envelope_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        let env = envelope(&id, 11);
+        spool.store_new(&env, &[b"Received:", b" x"]).unwrap();
+        let names: Vec<_> = fs::read_dir(spool.queue_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![format!("{id}.msg")]);
+        assert_eq!(spool.read_content(&id).unwrap(), b"Received: x".to_vec());
+        assert_eq!(spool.read_envelope(&id).unwrap(), env);
+        match &spool.recover().unwrap()[..] {
+            [Recovered::Message(e)] => assert_eq!(e, &env),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A later state goes to .env and wins over the stored one.
+        let mut later = env.clone();
+        later.attempts = 2;
+        spool.update(&later).unwrap();
+        assert_eq!(spool.read_envelope(&id).unwrap(), later);
+        match &spool.recover().unwrap()[..] {
+            [Recovered::Message(e)] => assert_eq!(e, &later),
+            other => panic!("unexpected {other:?}"),
+        }
+        spool.remove(&id).unwrap();
+        assert_eq!(fs::read_dir(spool.queue_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn entries_of_the_earlier_two_file_layout_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        let env = envelope(&id, 4);
+        fs::write(spool.queue_dir().join(format!("{id}.msg")), b"body").unwrap();
+        fs::write(
+            spool.queue_dir().join(format!("{id}.env")),
+            serde_json::to_vec_pretty(&env).unwrap(),
+        )
+        .unwrap();
+        match &spool.recover().unwrap()[..] {
+            [Recovered::Message(e)] => assert_eq!(e, &env),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(spool.read_content(&id).unwrap(), b"body".to_vec());
+        spool.remove(&id).unwrap();
+        assert_eq!(fs::read_dir(spool.queue_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_envelope_left_without_its_content_is_reported_not_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        spool.store_new(&envelope(&id, 4), &[b"body"]).unwrap();
+        spool.update(&envelope(&id, 4)).unwrap();
+        fs::remove_file(spool.queue_dir().join(format!("{id}.msg"))).unwrap();
+        match &spool.recover().unwrap()[..] {
+            [Recovered::Corrupt { id: got, reason }] => {
+                assert_eq!(got, &id);
+                assert!(reason.contains("content missing"), "{reason}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn split_stored_separates_envelope_and_content_and_refuses_truncated_headers() {
+        assert_eq!(split_stored(b"plain").unwrap(), (None, &b"plain"[..]));
+        let (env, content) = split_stored(b"SMARTHOST-SPOOL-1 2\r\n{}\r\nbody").unwrap();
+        assert_eq!(env, Some(&b"{}"[..]));
+        assert_eq!(content, b"body");
+        for bad in [
+            &b"SMARTHOST-SPOOL-1 "[..],
+            b"SMARTHOST-SPOOL-1 x\r\n{}\r\n",
+            b"SMARTHOST-SPOOL-1 9\r\n{}\r\n",
+            b"SMARTHOST-SPOOL-1 2\r\n{}",
+        ] {
+            assert!(split_stored(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
