@@ -7,6 +7,12 @@
 //!   duration`. A lock is not extended by failures during it; once it expires the count starts over.
 //!   `max_failures = 0` turns locking off.
 //! - A success forgets the address's failures (not a lock that is in force).
+//! - Parallel attempts count too: a password is checked only under a [`Turn`], and an address gets
+//!   no more turns at once than the failures it has left before the lock (`max_failures` minus its
+//!   failures in the window). Further attempts wait for a turn ([`Lockout::turn_released`]) and are
+//!   refused if the address is locked by then. (Hardening finding, issue 8: the lock was checked
+//!   before and counted after the check, so 40 passwords sent on 40 connections at once were all
+//!   tried where 3 were allowed, and a right one among them logged in after the lock.)
 //! - Memory is bounded: at most [`MAX_TRACKED`] addresses. Entries whose window and lock have both
 //!   passed are pruned (at most once a minute, and whenever the table is full); when it is still
 //!   full, the unlocked address with the oldest window makes room, so a flood of new addresses
@@ -16,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::{AuthLockout, canonical_ip};
 
@@ -32,6 +38,8 @@ struct Entry {
     failures: u32,
     /// Locked until this time (exclusive), if locked.
     locked_until: Option<u64>,
+    /// Password checks from this address under way ([`Turn`]s not finished).
+    in_flight: u32,
 }
 
 impl Entry {
@@ -39,9 +47,13 @@ impl Entry {
         self.locked_until.is_some_and(|until| until > now)
     }
 
-    /// Nothing left to remember: the window is over and no lock is in force.
+    fn window_over(&self, now: u64, window: u64) -> bool {
+        self.window_start.saturating_add(window) <= now
+    }
+
+    /// Nothing left to remember: the window is over, no lock is in force, no check under way.
     fn is_stale(&self, now: u64, window: u64) -> bool {
-        !self.is_locked(now) && self.window_start.saturating_add(window) <= now
+        !self.is_locked(now) && self.in_flight == 0 && self.window_over(now, window)
     }
 }
 
@@ -59,6 +71,67 @@ pub struct Lockout {
     duration: u64,
     capacity: usize,
     table: Mutex<Table>,
+    /// Woken whenever a [`Turn`] ends.
+    released: tokio::sync::Notify,
+}
+
+/// What [`Lockout::try_turn`] decided for one password check.
+#[derive(Debug)]
+pub enum TurnDecision {
+    /// Check the password, then [`Turn::finish`] with the outcome.
+    Go(Turn),
+    /// Locked until then (seconds since the epoch): do not check the password.
+    Locked(u64),
+    /// The checks under way could lock the address: wait for [`Lockout::turn_released`], then ask
+    /// again.
+    Wait,
+}
+
+/// The right to check one password from one address; dropping it unfinished gives the turn back
+/// without counting anything.
+#[derive(Debug)]
+pub struct Turn {
+    lockout: Arc<Lockout>,
+    ip: IpAddr,
+    /// Whether `in_flight` of the address was raised for it (not when locking is off or the table
+    /// is full of locked addresses).
+    counted: bool,
+    finished: bool,
+}
+
+impl Turn {
+    /// Records the outcome of the check (as [`Lockout::record_failure`] / [`Lockout::record_success`]);
+    /// true when this failure locked the address.
+    pub fn finish(mut self, verified: bool, now: u64) -> bool {
+        self.finished = true;
+        // Counted before the turn is given back: a waiting attempt must see this failure.
+        let locked = if verified {
+            self.lockout.record_success(self.ip);
+            false
+        } else {
+            self.lockout.record_failure(self.ip, now)
+        };
+        self.release();
+        locked
+    }
+
+    fn release(&self) {
+        if self.counted {
+            let mut table = self.lockout.lock();
+            if let Some(entry) = table.entries.get_mut(&self.ip) {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+            }
+        }
+        self.lockout.released.notify_waiters();
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.release();
+        }
+    }
 }
 
 impl Lockout {
@@ -73,7 +146,65 @@ impl Lockout {
             duration: config.duration.as_secs().max(1),
             capacity: capacity.max(1),
             table: Mutex::new(Table::default()),
+            released: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks for a turn to check one password from `ip` (see the module docs).
+    pub fn try_turn(self: &Arc<Self>, ip: IpAddr, now: u64) -> TurnDecision {
+        let ip = canonical_ip(ip);
+        let uncounted = || {
+            TurnDecision::Go(Turn {
+                lockout: Arc::clone(self),
+                ip,
+                counted: false,
+                finished: false,
+            })
+        };
+        if self.max_failures == 0 {
+            return uncounted();
+        }
+        let mut table = self.lock();
+        if now >= table.next_prune || table.entries.len() >= self.capacity {
+            self.prune(&mut table, now);
+        }
+        if !table.entries.contains_key(&ip) && !self.make_room(&mut table, now) {
+            // As record_failure: a failure here would not be counted either.
+            return uncounted();
+        }
+        let entry = table.entries.entry(ip).or_insert(Entry {
+            window_start: now,
+            failures: 0,
+            locked_until: None,
+            in_flight: 0,
+        });
+        if let Some(until) = entry.locked_until.filter(|_| entry.is_locked(now)) {
+            return TurnDecision::Locked(until);
+        }
+        if entry.locked_until.is_some() || entry.window_over(now, self.window) {
+            *entry = Entry {
+                window_start: now,
+                failures: 0,
+                locked_until: None,
+                in_flight: entry.in_flight,
+            };
+        }
+        if entry.failures.saturating_add(entry.in_flight) >= self.max_failures {
+            return TurnDecision::Wait;
+        }
+        entry.in_flight += 1;
+        TurnDecision::Go(Turn {
+            lockout: Arc::clone(self),
+            ip,
+            counted: true,
+            finished: false,
+        })
+    }
+
+    /// Completes when a turn ends. Create it before [`Lockout::try_turn`] answers `Wait` (and
+    /// `enable` it), so that a turn ending in between is not missed.
+    pub fn turn_released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
     }
 
     /// `Some(until)` while `ip` is locked out (seconds since the epoch when the lock ends).
@@ -110,16 +241,18 @@ impl Lockout {
             window_start: now,
             failures: 0,
             locked_until: None,
+            in_flight: 0,
         });
         if entry.is_locked(now) {
             return false;
         }
         // A lock that has run out, or a window that has: the count starts over.
-        if entry.locked_until.is_some() || entry.is_stale(now, self.window) {
+        if entry.locked_until.is_some() || entry.window_over(now, self.window) {
             *entry = Entry {
                 window_start: now,
                 failures: 0,
                 locked_until: None,
+                in_flight: entry.in_flight,
             };
         }
         entry.failures = entry.failures.saturating_add(1);
@@ -144,10 +277,15 @@ impl Lockout {
     pub fn record_success(&self, ip: IpAddr) {
         let ip = canonical_ip(ip);
         let mut table = self.lock();
-        if let Some(entry) = table.entries.get(&ip)
+        if let Some(entry) = table.entries.get_mut(&ip)
             && entry.locked_until.is_none()
         {
-            table.entries.remove(&ip);
+            if entry.in_flight == 0 {
+                table.entries.remove(&ip);
+            } else {
+                // Other checks are under way: keep their turns, forget the failures.
+                entry.failures = 0;
+            }
         }
     }
 
@@ -177,7 +315,7 @@ impl Lockout {
         let oldest = table
             .entries
             .iter()
-            .filter(|(_, entry)| !entry.is_locked(now))
+            .filter(|(_, entry)| !entry.is_locked(now) && entry.in_flight == 0)
             .min_by_key(|(_, entry)| entry.window_start)
             .map(|(ip, _)| *ip);
         match oldest {
@@ -414,5 +552,52 @@ mod tests {
             .collect();
         let locked: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(locked, 1, "exactly the hundredth failure locks");
+    }
+
+    /// Hardening finding (issue 8): no more password checks at once than failures left; the others
+    /// wait, then find the address locked; a success in between gives the allowance back.
+    #[test]
+    fn parallel_attempts_get_no_more_turns_than_failures_left() {
+        let t = 1_700_000_000;
+        let lockout = std::sync::Arc::new(lockout(3));
+        let a = ip("10.0.0.1");
+        let turns: Vec<Turn> = (0..3)
+            .map(|_| match lockout.try_turn(a, t) {
+                TurnDecision::Go(turn) => turn,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(matches!(lockout.try_turn(a, t), TurnDecision::Wait));
+        // Another address is not affected.
+        assert!(matches!(
+            lockout.try_turn(ip("10.0.0.2"), t),
+            TurnDecision::Go(_)
+        ));
+        let mut locked = Vec::new();
+        for turn in turns {
+            locked.push(turn.finish(false, t + 1));
+        }
+        assert_eq!(locked, [false, false, true]);
+        assert!(
+            matches!(lockout.try_turn(a, t + 2), TurnDecision::Locked(until) if until == t + 1801)
+        );
+        // A turn given back unfinished counts nothing; a success forgets the failures.
+        let b = ip("10.0.0.3");
+        let TurnDecision::Go(first) = lockout.try_turn(b, t) else {
+            panic!()
+        };
+        assert!(!first.finish(false, t));
+        let TurnDecision::Go(dropped) = lockout.try_turn(b, t) else {
+            panic!()
+        };
+        let TurnDecision::Go(ok) = lockout.try_turn(b, t) else {
+            panic!()
+        };
+        assert!(matches!(lockout.try_turn(b, t), TurnDecision::Wait));
+        drop(dropped);
+        assert!(!ok.finish(true, t));
+        for _ in 0..3 {
+            assert!(matches!(lockout.try_turn(b, t), TurnDecision::Go(_)));
+        }
     }
 }

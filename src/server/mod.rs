@@ -266,9 +266,90 @@ fn listen(address: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Raises this process's soft limit of open files to its hard limit (Unix) and returns the limit
+/// now in force (`None`: unlimited or unknown).
+///
+/// Hardening finding (issue 8): every inbound connection is a file descriptor, and the usual soft
+/// limit is 1024 (systemd's default even when the hard limit is 524288), so without this a relay
+/// with `max_connections` near or above that (1000 by default) had `accept` fail with EMFILE from
+/// about the 1000th client on: the client hung in the kernel's backlog instead of getting a banner
+/// or a 421.
+/// The hard limit is the administrator's ceiling; raising the soft one up to it needs no privilege.
+#[cfg(unix)]
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current?;
+    if limit.maximum.is_some_and(|hard| hard <= current) {
+        return Some(current);
+    }
+    // An unlimited hard limit cannot be the soft limit of files (Linux refuses more than
+    // fs.nr_open, macOS more than OPEN_MAX, 10240): then try large finite values, and keep the
+    // current one if they are refused too.
+    let candidates = match limit.maximum {
+        Some(hard) => vec![hard],
+        None => vec![1 << 20, 1 << 16, 10_240],
+    };
+    for wanted in candidates {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            tracing::debug!(
+                from = current,
+                to = wanted,
+                "raised the open files soft limit"
+            );
+            return Some(wanted);
+        }
+    }
+    Some(current)
+}
+
+/// Not Unix: nothing to raise.
+#[cfg(not(unix))]
+pub fn raise_open_files_limit() -> Option<u64> {
+    None
+}
+
+/// File descriptors kept for everything but sessions: listeners, spool and log files, upstream
+/// connections, the control socket, the admin server.
+const RESERVED_FILES: u64 = 256;
+
+/// How many sessions may be open at once: `max_connections`, or fewer when the open files limit
+/// leaves less room. Hardening finding (issue 8): over that limit `accept` fails with EMFILE and a
+/// client waits unanswered in the listen backlog; kept under it, a client over the capacity is
+/// accepted and hears `421 Too many connections` like any other.
+fn session_capacity(max_connections: usize) -> usize {
+    #[cfg(unix)]
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    #[cfg(not(unix))]
+    let files: Option<u64> = None;
+    let Some(files) = files else {
+        return max_connections;
+    };
+    let room = usize::try_from(files.saturating_sub(RESERVED_FILES))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if max_connections <= room {
+        return max_connections;
+    }
+    tracing::warn!(
+        open_files = files,
+        max_connections,
+        serving = room,
+        "the open files limit leaves room for only {room} connections: clients over it hear 421; \
+         raise the hard limit (LimitNOFILE= in the systemd unit, `ulimit -Hn`) to serve \
+         max_connections"
+    );
+    room
+}
+
 /// Serves every listener until `shutdown` turns true, then drains sessions.
 pub async fn run(listeners: Vec<BoundListener>, live: Arc<Live>, shutdown: watch::Receiver<bool>) {
-    let connections = Arc::new(Semaphore::new(live.context().limits.max_connections.max(1)));
+    let capacity = session_capacity(live.context().limits.max_connections);
+    let connections = Arc::new(Semaphore::new(capacity.max(1)));
     let mut sessions = JoinSet::new();
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(64);
     let mut acceptors = JoinSet::new();

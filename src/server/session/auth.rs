@@ -7,6 +7,7 @@
 
 use super::{Closed, Line, Session};
 use crate::config::Secret;
+use crate::policy::lockout::TurnDecision;
 use crate::policy::sasl_server::{SaslExchange, SaslStep};
 use crate::smtp::Reply;
 
@@ -95,22 +96,39 @@ impl Session {
         username: String,
         password: Secret,
     ) -> Result<(), Closed> {
+        // A turn per password check, so that attempts sent in parallel count towards the lockout
+        // before their passwords are checked (hardening finding, see policy::lockout).
+        let lockout = self.context.lockout.clone();
+        let turn = loop {
+            let released = lockout.turn_released();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match lockout.try_turn(self.client_ip, self.context.clock.now()) {
+                TurnDecision::Go(turn) => break turn,
+                TurnDecision::Locked(until) => {
+                    tracing::warn!(
+                        client = %self.peer,
+                        until,
+                        "AUTH refused: the client address is locked out after failed attempts"
+                    );
+                    return self
+                        .error_reply(Reply::new(454, "4.7.0 Temporary authentication failure"));
+                }
+                TurnDecision::Wait => released.await,
+            }
+        };
         let users = self.context.users.clone();
         let name = username.clone();
         let verified = tokio::task::spawn_blocking(move || users.verify(&name, password.expose()))
             .await
             .unwrap_or(false);
+        let locked = turn.finish(verified, self.context.clock.now());
         if verified {
-            self.context.lockout.record_success(self.client_ip);
             tracing::info!(client = %self.peer, user = %username, mechanism, "authenticated");
             self.user = Some(username);
             self.queue_reply(&Reply::new(235, "2.7.0 Authentication successful"));
             return Ok(());
         }
-        let locked = self
-            .context
-            .lockout
-            .record_failure(self.client_ip, self.context.clock.now());
         tracing::warn!(
             client = %self.peer,
             user = ?username,
