@@ -7,6 +7,7 @@ pub mod bounce;
 pub mod check;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod deliver;

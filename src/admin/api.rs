@@ -136,8 +136,24 @@ fn queue_gauges(ctx: &AdminContext) -> (u64, u64) {
 
 async fn status(State(ctx): Ctx) -> Response {
     let (size, oldest) = queue_gauges(&ctx);
+    let m = metrics::metrics();
+    let cluster = ctx.config.cluster.as_ref().map(|c| {
+        let up = m
+            .cluster_redis_up
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1;
+        json!({
+            "redis": c.redis.display(),
+            "redis_up": up,
+            "limits": if up { "shared" } else { "fallback" },
+            "expected_nodes": c.expected_nodes,
+            "fallbacks": m.cluster_fallbacks.get(),
+        })
+    });
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "node": ctx.config.node,
+        "cluster": cluster,
         "uptime_seconds": ctx.started.elapsed().as_secs(),
         "queue_messages": size,
         "oldest_message_age_seconds": oldest,
@@ -224,7 +240,11 @@ async fn metrics_text(State(ctx): Ctx) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::metrics().render(size, oldest),
+        metrics::with_node_label(
+            &metrics::metrics().render(size, oldest),
+            &ctx.config.node,
+            ctx.config.cluster.is_some(),
+        ),
     )
         .into_response()
 }

@@ -118,6 +118,12 @@ pub struct Metrics {
     pub recent: Mutex<std::collections::VecDeque<DeliveryRecord>>,
     /// How each route's upstream answered lately.
     pub health: Mutex<BTreeMap<String, RouteHealth>>,
+    /// `[cluster]` is configured: the two cluster metrics are shown.
+    pub cluster_configured: std::sync::atomic::AtomicBool,
+    /// 1 while the shared limits in Redis are in force, 0 on fallback limits.
+    pub cluster_redis_up: AtomicU64,
+    /// Switches to the fallback limits (Redis unreachable).
+    pub cluster_fallbacks: Counter,
 }
 
 /// Recipient results kept for the admin page's "recent traffic".
@@ -288,6 +294,22 @@ impl Metrics {
             "gauge",
             oldest_age_seconds,
         );
+        if self.cluster_configured.load(Ordering::Relaxed) {
+            plain(
+                &mut out,
+                "smarthost_cluster_redis_up",
+                "1 while per-mailbox limits are shared through Redis, 0 on fallback limits.",
+                "gauge",
+                self.cluster_redis_up.load(Ordering::Relaxed),
+            );
+            plain(
+                &mut out,
+                "smarthost_cluster_fallbacks_total",
+                "Switches to fallback limits because Redis was unreachable.",
+                "counter",
+                self.cluster_fallbacks.get(),
+            );
+        }
         let name = "smarthost_upstream_reply_seconds";
         let _ = writeln!(
             out,
@@ -326,6 +348,36 @@ fn plain(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     let _ = writeln!(out, "{name} {value}");
+}
+
+/// `text` (the Prometheus text format) with `smarthost_node_info{node="<node>"} 1` at the end and,
+/// when `every_line` (several nodes: `[cluster]`), `node="<node>"` as the first label of every
+/// sample, so that relays scraped into one Prometheus stay apart. A single relay's series keep
+/// their names and labels.
+pub fn with_node_label(text: &str, node: &str, every_line: bool) -> String {
+    let label = format!("node=\"{}\"", escape(node));
+    let mut out = String::with_capacity(text.len() + text.lines().count() * (label.len() + 2));
+    for line in text.lines() {
+        if !every_line || line.starts_with('#') || line.trim().is_empty() {
+            out.push_str(line);
+        } else {
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            let (name, rest) = line.split_at(name_end);
+            out.push_str(name);
+            match rest.strip_prefix('{') {
+                Some(labels) if labels.starts_with('}') => {
+                    out.push_str(&format!("{{{label}{labels}"));
+                }
+                Some(labels) => out.push_str(&format!("{{{label},{labels}")),
+                None => out.push_str(&format!("{{{label}}}{rest}")),
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str("# HELP smarthost_node_info The relay node these metrics come from.\n");
+    out.push_str("# TYPE smarthost_node_info gauge\n");
+    out.push_str(&format!("smarthost_node_info{{{label}}} 1\n"));
+    out
 }
 
 /// A label value: backslash, double quote and line feed escaped.
@@ -377,5 +429,26 @@ mod tests {
             )
         );
         assert!(text.contains("smarthost_upstream_reply_seconds_count{route=\"o365\"} 2\n"));
+        assert!(!text.contains("smarthost_cluster_redis_up"));
+
+        let single = with_node_label(&text, "relay-a", false);
+        assert!(single.contains("smarthost_queue_messages 4\n"));
+        assert!(single.ends_with("smarthost_node_info{node=\"relay-a\"} 1\n"));
+        let labeled = with_node_label(&text, "relay-a", true);
+        assert!(
+            labeled.contains(
+                "smarthost_messages_received_total{node=\"relay-a\",listener=\"smtp\"} 2\n"
+            )
+        );
+        assert!(labeled.contains("smarthost_queue_messages{node=\"relay-a\"} 4\n"));
+        assert!(labeled.contains("# TYPE smarthost_queue_messages gauge\n"));
+        assert!(labeled.ends_with("smarthost_node_info{node=\"relay-a\"} 1\n"));
+        assert!(
+            labeled
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .all(|l| l.contains("{node=\"relay-a\"")),
+            "{labeled}"
+        );
     }
 }

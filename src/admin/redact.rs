@@ -248,5 +248,14 @@ pub fn config(config: &Config) -> Value {
             "address": config.admin.address.to_string(),
             "token": config.admin.token.as_ref().map(|_| REDACTED),
         },
+        "node": config.node,
+        "cluster": config.cluster.as_ref().map(|c| json!({
+            // RedisUrl never holds a password (it comes from password_env/password_file).
+            "redis": c.redis.display(),
+            "password": c.password.as_ref().map(|_| REDACTED),
+            "expected_nodes": c.expected_nodes,
+            "lease_ttl": secs(c.lease_ttl),
+            "timeout": secs(c.timeout),
+        })),
     })
 }

@@ -214,8 +214,14 @@ pub fn format_list(messages: &[MessageInfo], now: u64) -> String {
             out.push('\n');
         }
     }
+    // Each node keeps its own spool: say which one this is.
+    let node = messages
+        .iter()
+        .find(|m| !m.node.is_empty())
+        .map(|m| format!(" on node {}", printable(&m.node)))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "\n{} {}, {} {} pending\n",
+        "\n{} {}, {} {} pending{node}\n",
         messages.len(),
         plural(messages.len(), "message", "messages"),
         pending,
@@ -229,6 +235,9 @@ pub fn format_detail(detail: &MessageDetail, now: u64) -> String {
     let m = &detail.info;
     let mut out = String::new();
     out.push_str(&format!("Queue ID:    {}\n", m.id));
+    if !m.node.is_empty() {
+        out.push_str(&format!("Node:        {}\n", printable(&m.node)));
+    }
     out.push_str(&format!(
         "Received:    {} ({} ago) from {}\n",
         format_time(m.received_at),
@@ -394,6 +403,7 @@ mod tests {
     fn message(id: &str, sender: &str, recipients: Vec<RecipientInfo>) -> MessageInfo {
         MessageInfo {
             id: id.into(),
+            node: "relay-a".into(),
             received_at: NOW - 180,
             size: 1234,
             sender: sender.into(),
@@ -496,7 +506,10 @@ mod tests {
             lines[5],
             "0611F0E2D3C4B0002    3m    1.2K  <>  (2 attempts, held)"
         );
-        assert_eq!(lines.last().unwrap(), &"2 messages, 3 recipients pending");
+        assert_eq!(
+            lines.last().unwrap(),
+            &"2 messages, 3 recipients pending on node relay-a"
+        );
         assert_eq!(format_list(&[], NOW), "The queue is empty.\n");
     }
 
@@ -535,7 +548,7 @@ mod tests {
         };
         let text = format_detail(&detail, NOW);
         for expected in [
-            "Queue ID:    0611F0E2D3C4B0001\n",
+            "Queue ID:    0611F0E2D3C4B0001\nNode:        relay-a\n",
             "Sender:      <scanner@contoso.example>\n",
             "from smtp 10.0.0.21 scanner1\n",
             "Status:      2 attempts, next try in 12m (at ",

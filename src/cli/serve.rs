@@ -139,12 +139,19 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         config.hostname.clone(),
         config.queue.min_free_space,
     ));
-    let queue = Queue::new(
+    // Shared per-mailbox limits (`[cluster]`); an unreachable Redis is a warning, not a failure.
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::Cluster::start(cluster, &config.node).await),
+        None => None,
+    };
+    let queue = Queue::with_node(
         store.clone(),
         router.clone(),
         transporters,
         config.queue.clone(),
         badmail.clone(),
+        config.node.clone(),
+        cluster,
     );
 
     let recovery_spool = spool.clone();
@@ -256,6 +263,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
 /// `config_path` again (a relay on the built-in configuration has nothing to read: it says so).
 pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let config_for_summary = config.clone();
+    // Before the listeners: each connection needs a file descriptor (hardening finding, issue 8;
+    // `server::run` keeps max_connections within what the limit allows).
+    crate::server::raise_open_files_limit();
     let running = start(config).await?;
     running.set_config_path(config_path);
     // A closed stdout (a service manager, a test that stopped reading) must not stop the relay.
@@ -318,6 +328,12 @@ fn describe(config: &Config, bound: &[SocketAddr]) -> String {
             "  mail for {} (route {}): {target}\n",
             domains.join(", "),
             route.name
+        ));
+    }
+    if let Some(cluster) = &config.cluster {
+        out.push_str(&format!(
+            "  node {}: per-mailbox limits shared with the other nodes through {}\n",
+            config.node, cluster.redis
         ));
     }
     if let Some(&addr) = bound.first() {

@@ -19,6 +19,7 @@
 //! (typed, spanned access and the report).
 
 mod admin;
+mod cluster;
 // Shared with the policy code, which checks `*@domain` patterns the same way.
 pub(crate) use values::is_host_name;
 mod defaults;
@@ -96,6 +97,8 @@ pub fn default_config() -> Config {
         auth_lockout: crate::config::AuthLockout::default(),
         admin: crate::config::AdminConfig::default(),
         logs: crate::config::LogsConfig::default(),
+        node: defaults::machine_hostname(&process_env),
+        cluster: None,
         routes: vec![RouteConfig {
             name: "outbox".to_string(),
             domains: vec![DomainPattern::Any],

@@ -36,6 +36,148 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The W3C extended log and the format of the process log (`[logs]`).
     pub logs: LogsConfig,
+    /// This relay's name among several (`[cluster] node`, default the machine's host name): a label
+    /// on every metric, in the admin API and in `queue list`.
+    pub node: String,
+    /// Per-mailbox limits shared with other nodes through Redis (`[cluster]`); `None`: kept in memory.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the Redis server that several relays share their per-mailbox limits through.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub redis: RedisUrl,
+    /// `password_env` or `password_file`; never part of the URL.
+    pub password: Option<Secret>,
+    /// While Redis is unreachable each node keeps `limit / expected_nodes` (at least 1) by itself.
+    pub expected_nodes: u32,
+    /// A connection slot held by a node that stops renewing it (a crash) frees after this long.
+    pub lease_ttl: Duration,
+    /// One Redis call may take this long before the node falls back to its own limits.
+    pub timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// The values of the keys that are not written (`smarthost.example.toml` documents them).
+    pub const DEFAULTS: ClusterDefaults = ClusterDefaults {
+        expected_nodes: 2,
+        lease_ttl: Duration::from_secs(30),
+        timeout: Duration::from_millis(500),
+    };
+}
+
+/// See [`ClusterConfig::DEFAULTS`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterDefaults {
+    pub expected_nodes: u32,
+    pub lease_ttl: Duration,
+    pub timeout: Duration,
+}
+
+/// A Redis address without a password: `redis://host:port/db` or `rediss://` (TLS), optionally with
+/// a user name (`redis://user@host`, Redis 6 ACLs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub tls: bool,
+    pub username: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+}
+
+impl RedisUrl {
+    /// Parses the URL; the message never repeats what may be a password.
+    pub fn parse(text: &str) -> Result<RedisUrl, String> {
+        let text = text.trim();
+        let (tls, rest) = if let Some(rest) = text.strip_prefix("rediss://") {
+            (true, rest)
+        } else if let Some(rest) = text.strip_prefix("redis://") {
+            (false, rest)
+        } else {
+            return Err("write redis://host:port/db, or rediss://host:port/db for TLS".into());
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((user, host)) => (Some(user), host),
+            None => (None, authority),
+        };
+        if userinfo.is_some_and(|u| u.contains(':')) {
+            return Err(
+                "do not write the password in the URL: put it in an environment \
+                        variable named by `password_env`, or in a file named by `password_file`"
+                    .into(),
+            );
+        }
+        let username = userinfo.filter(|u| !u.is_empty()).map(str::to_string);
+        let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+            // [IPv6]:port
+            let (ip, after) = inner
+                .split_once(']')
+                .ok_or("an IPv6 address needs its closing ]")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| format!("port {p:?} is not a number"))?,
+                None if after.is_empty() => 6379,
+                None => return Err("expected :port after the IPv6 address".into()),
+            };
+            (ip.to_string(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse()
+                        .map_err(|_| format!("port {p:?} is not a number"))?,
+                ),
+                None => (hostport.to_string(), 6379),
+            }
+        };
+        if host.is_empty() {
+            return Err("the URL has no host: redis://host:port/db".into());
+        }
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let db = if path.is_empty() {
+            0
+        } else {
+            path.parse()
+                .ok()
+                .filter(|db| *db >= 0)
+                .ok_or_else(|| format!("database {path:?} is not a number (redis://host:port/0)"))?
+        };
+        Ok(RedisUrl {
+            tls,
+            username,
+            host,
+            port,
+            db,
+        })
+    }
+
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The URL as people see it: no password, ever (`redis://host:port/db`).
+    pub fn display(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let user = self
+            .username
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{user}{host}:{}/{}", self.port, self.db)
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display())
+    }
 }
 
 /// `[logs]`: the IIS-style W3C extended log files and the process log's format.

@@ -125,6 +125,8 @@ pub struct GraphTransport {
     tokens: Arc<dyn TokenSource>,
     /// One permit per request in flight.
     slots: Semaphore,
+    /// The mailbox's request slots shared with other nodes (`[cluster]`).
+    cluster_slots: std::sync::OnceLock<Arc<crate::cluster::Slots>>,
 }
 
 impl fmt::Debug for GraphTransport {
@@ -191,7 +193,13 @@ impl GraphTransport {
             client,
             tokens,
             slots: Semaphore::new(route.max_connections.max(1)),
+            cluster_slots: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on every request also holds one of `slots` (shared with the other nodes).
+    pub fn join_cluster(&self, slots: Arc<crate::cluster::Slots>) {
+        let _ = self.cluster_slots.set(slots);
     }
 
     pub async fn deliver(&self, msg: &OutboundMessage<'_>) -> Vec<RecipientResult> {
@@ -258,6 +266,10 @@ impl GraphTransport {
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        let _lease = match self.cluster_slots.get() {
+            Some(slots) => Some(slots.acquire().await),
+            None => None,
+        };
         let mut response = self
             .client
             .post(self.send_url.clone())

@@ -7,15 +7,28 @@
 //! transaction ends, so "at most N in any window" holds for the moments the upstream sees the messages,
 //! whatever the network delay. Mail over a limit is not tried and not failed: the queue keeps it until
 //! [`MailboxThrottle::reserve`] says it may go.
+//!
+//! With `[cluster]` the limits are shared by every node through Redis ([`crate::cluster`]):
+//! [`MailboxThrottle::acquire`] asks Redis (atomic Lua scripts), and keeps the node's own
+//! transactions in a local window too. While Redis cannot be reached, that local window enforces
+//! each limit divided by `expected_nodes` (and what the other nodes were last seen to have used), so
+//! delivery goes on and the nodes together stay within the limit.
 
+use crate::cluster::{Cluster, View};
 use crate::config::{MailboxLimits, RouteConfig, Transport};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+
+/// How far ahead a transaction in flight is stamped in a cluster node's own window (its real end
+/// replaces it; an abandoned one ages out after this).
+const IN_FLIGHT_MS: u64 = 600_000;
 
 /// The throttles of every mailbox the relay sends as.
 #[derive(Debug, Default)]
 pub struct Throttles {
     by_mailbox: Mutex<HashMap<String, Arc<MailboxThrottle>>>,
+    /// Shared limits through Redis, when `[cluster]` is configured.
+    cluster: Option<Cluster>,
 }
 
 /// The key that identifies a route's mailbox: the login or Graph mailbox, lower-cased; routes
@@ -32,6 +45,23 @@ pub fn mailbox_key(route: &RouteConfig) -> String {
 }
 
 impl Throttles {
+    /// Throttles whose limits are shared through `cluster` (`None`: kept in memory only).
+    pub fn with_cluster(cluster: Option<Cluster>) -> Self {
+        Throttles {
+            by_mailbox: Mutex::default(),
+            cluster,
+        }
+    }
+
+    fn throttle(&self, key: String, limits: MailboxLimits) -> Arc<MailboxThrottle> {
+        let mut throttle = MailboxThrottle::new(key, limits);
+        if let Some(cluster) = &self.cluster {
+            let view = cluster.view(&throttle.key, &throttle.limits);
+            throttle.shared = Some((cluster.clone(), view));
+        }
+        Arc::new(throttle)
+    }
+
     /// The throttle for `route`'s mailbox. The first route to name a mailbox sets its limits; a
     /// second route with other limits for the same mailbox gets the stricter of each.
     pub fn for_route(&self, route: &RouteConfig) -> Arc<MailboxThrottle> {
@@ -39,11 +69,11 @@ impl Throttles {
         let mut map = self.by_mailbox.lock().expect("throttle registry lock");
         let entry = map
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(MailboxThrottle::new(key, route.limits.clone())));
+            .or_insert_with(|| self.throttle(key, route.limits.clone()));
         if entry.limits != route.limits {
             let merged = stricter(&entry.limits, &route.limits);
             if merged != entry.limits {
-                *entry = Arc::new(MailboxThrottle::new(entry.key.clone(), merged));
+                *entry = self.throttle(entry.key.clone(), merged);
             }
         }
         entry.clone()
@@ -74,11 +104,27 @@ fn stricter(a: &MailboxLimits, b: &MailboxLimits) -> MailboxLimits {
     }
 }
 
-#[derive(Debug)]
 pub struct MailboxThrottle {
     key: String,
     limits: MailboxLimits,
     state: Mutex<State>,
+    /// A cluster node's own window: a transaction counts as "in flight" (stamped
+    /// [`IN_FLIGHT_MS`] ahead) until its end is stamped, so that one waiting long for a
+    /// connection never drops out of the window before it is sent.
+    in_flight: bool,
+    /// With `[cluster]`: the cluster and this mailbox's shared view (whose local window is the
+    /// fallback).
+    shared: Option<(Cluster, Arc<View>)>,
+}
+
+impl std::fmt::Debug for MailboxThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailboxThrottle")
+            .field("key", &self.key)
+            .field("limits", &self.limits)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +138,9 @@ struct State {
     paused_until: u64,
 }
 
+/// A window's entries: (id, stamp) per message, (id, stamp, recipients) per transaction.
+pub(crate) type WindowEntries = (Vec<(u64, u64)>, Vec<(u64, u64, u32)>);
+
 /// Why a transaction must wait, and until when (Unix milliseconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wait {
@@ -99,30 +148,56 @@ pub struct Wait {
     pub reason: String,
 }
 
-/// A granted transaction; [`Reservation::complete`] stamps it with the time it ended.
-#[derive(Debug)]
+/// A granted transaction; [`Reservation::complete`] (or [`Reservation::finish`], which also tells
+/// Redis) stamps it with the time it ended.
 pub struct Reservation {
     throttle: Arc<MailboxThrottle>,
     id: u64,
+    recipients: u32,
+    /// Granted by Redis: the end is stamped there too.
+    shared: Option<(Cluster, Arc<View>)>,
+    /// Its end was stamped.
+    done: bool,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("id", &self.id)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
 }
 
 impl Reservation {
-    pub fn complete(self, now_millis: u64) {
-        let mut state = self.throttle.lock();
-        for entry in state.messages.iter_mut() {
-            if entry.0 == self.id {
-                entry.1 = entry.1.max(now_millis);
-            }
+    pub fn complete(mut self, now_millis: u64) {
+        self.throttle.restamp(self.id, now_millis);
+        self.done = true;
+    }
+
+    /// [`Reservation::complete`], and the shared stamp in Redis when Redis granted it.
+    pub async fn finish(mut self, now_millis: u64) {
+        self.throttle.restamp(self.id, now_millis);
+        self.done = true;
+        if let Some((cluster, view)) = self.shared.take() {
+            cluster.restamp(&view, self.id, self.recipients).await;
         }
-        for entry in state.recipients.iter_mut() {
-            if entry.0 == self.id {
-                entry.1 = entry.1.max(now_millis);
-            }
+    }
+}
+
+impl Drop for Reservation {
+    /// Ended without [`Reservation::finish`] (the attempt was cancelled): a cluster window stamps it
+    /// now, and Redis stops hearing of it (its entry ages out there).
+    fn drop(&mut self) {
+        if !self.done && self.throttle.in_flight {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.throttle.restamp(self.id, now);
         }
-        // Stamps only grow, but a later stamp may now sit before an earlier one: keep both windows
-        // ordered so that pruning from the front stays right.
-        state.messages.make_contiguous().sort_by_key(|e| e.1);
-        state.recipients.make_contiguous().sort_by_key(|e| e.1);
+        if let Some((_, view)) = self.shared.take() {
+            view.forget_pending(self.id);
+        }
     }
 }
 
@@ -140,7 +215,242 @@ impl MailboxThrottle {
             key,
             limits,
             state: Mutex::new(State::default()),
+            in_flight: false,
+            shared: None,
         }
+    }
+
+    /// A local window whose reservation ids start after `first_id` (ids stay unique per process
+    /// when a cluster view replaces its window).
+    pub(crate) fn with_first_id(key: String, limits: MailboxLimits, first_id: u64) -> Self {
+        let mut throttle = Self::new(key, limits);
+        throttle.in_flight = true;
+        throttle.lock().next_id = first_id;
+        throttle
+    }
+
+    /// Moves the end of reservation `id` to `now_millis` (stamps only grow; an in-flight stamp
+    /// becomes the real end).
+    fn restamp(&self, id: u64, now_millis: u64) {
+        let in_flight = self.in_flight;
+        let end = |at: u64| {
+            if in_flight {
+                now_millis
+            } else {
+                at.max(now_millis)
+            }
+        };
+        let mut state = self.lock();
+        for entry in state.messages.iter_mut() {
+            if entry.0 == id {
+                entry.1 = end(entry.1);
+            }
+        }
+        for entry in state.recipients.iter_mut() {
+            if entry.0 == id {
+                entry.1 = end(entry.1);
+            }
+        }
+        // Stamps only grow, but a later stamp may now sit before an earlier one: keep both windows
+        // ordered so that pruning from the front stays right.
+        state.messages.make_contiguous().sort_by_key(|e| e.1);
+        state.recipients.make_contiguous().sort_by_key(|e| e.1);
+    }
+
+    /// A new reservation id (for a transaction Redis is about to grant).
+    pub(crate) fn next_id(&self) -> u64 {
+        let mut state = self.lock();
+        state.next_id += 1;
+        state.next_id
+    }
+
+    fn prune(&self, state: &mut State, now_millis: u64) {
+        if let Some(rate) = self.limits.message_rate {
+            let window = rate.per.as_millis() as u64;
+            while state
+                .messages
+                .front()
+                .is_some_and(|&(_, at)| at + window <= now_millis)
+            {
+                state.messages.pop_front();
+            }
+        }
+        if let Some(rate) = self.limits.recipient_rate {
+            let window = rate.per.as_millis() as u64;
+            while state
+                .recipients
+                .front()
+                .is_some_and(|&(_, at, _)| at + window <= now_millis)
+            {
+                state.recipients.pop_front();
+            }
+        }
+    }
+
+    /// The stamp of a transaction granted at `now_millis`, until its end is known.
+    fn start_stamp(&self, now_millis: u64) -> u64 {
+        if self.in_flight {
+            now_millis + IN_FLIGHT_MS
+        } else {
+            now_millis
+        }
+    }
+
+    /// When the entry stamped `at` leaves a window of `window` ms; soon again when it is still in
+    /// flight (its end frees it).
+    fn leaves_at(at: u64, window: u64, now_millis: u64) -> u64 {
+        if at > now_millis {
+            now_millis + 200
+        } else {
+            at + window
+        }
+    }
+
+    /// Records a transaction granted elsewhere (by Redis) without checking this window's limits.
+    pub(crate) fn record(&self, id: u64, recipients: u32, now_millis: u64) {
+        let stamp = self.start_stamp(now_millis);
+        let mut state = self.lock();
+        self.prune(&mut state, now_millis);
+        if self.limits.message_rate.is_some() {
+            state.messages.push_back((id, stamp));
+        }
+        if self.limits.recipient_rate.is_some() {
+            state.recipients.push_back((id, stamp, recipients));
+        }
+    }
+
+    /// The window's entries now: (id, stamp) per message and (id, stamp, recipients) per
+    /// transaction.
+    pub(crate) fn entries(&self, now_millis: u64) -> WindowEntries {
+        let mut state = self.lock();
+        self.prune(&mut state, now_millis);
+        (
+            state.messages.iter().copied().collect(),
+            state.recipients.iter().copied().collect(),
+        )
+    }
+
+    /// Reserves one transaction, through Redis when the limits are shared: see [`Self::reserve`].
+    /// Redis unreachable: the node's share of the limits ([`crate::cluster`]); never an error.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        recipients: u32,
+        now_millis: u64,
+    ) -> Result<Reservation, Wait> {
+        let Some((cluster, view)) = &self.shared else {
+            return self.reserve(recipients, now_millis);
+        };
+        let local = view.local();
+        if cluster.is_up() {
+            let id = local.next_id();
+            match cluster.reserve(view, &self.limits, id, recipients).await {
+                Some(Ok(())) => {
+                    local.record(id, recipients, now_millis);
+                    return Ok(Reservation {
+                        throttle: local,
+                        id,
+                        recipients,
+                        shared: Some((cluster.clone(), view.clone())),
+                        done: false,
+                    });
+                }
+                Some(Err((wait_ms, kind))) => {
+                    if kind == "pause" {
+                        // Kept locally too, in case Redis goes away during the pause.
+                        local.pause_local(now_millis + wait_ms);
+                    }
+                    let reason = match kind.as_str() {
+                        "pause" => format!(
+                            "the upstream asked {} to slow down (seen by a node of the cluster); \
+                             waiting before sending again",
+                            self.mailbox()
+                        ),
+                        "recipients" => format!(
+                            "{} is at its limit of recipients: {} (shared by all nodes); waiting, \
+                             not failing",
+                            self.mailbox(),
+                            self.limits
+                                .recipient_rate
+                                .as_ref()
+                                .map_or_else(String::new, describe_rate)
+                        ),
+                        _ => format!(
+                            "{} is at its limit of messages: {} (shared by all nodes); waiting, not \
+                             failing",
+                            self.mailbox(),
+                            self.limits
+                                .message_rate
+                                .as_ref()
+                                .map_or_else(String::new, describe_rate)
+                        ),
+                    };
+                    return Err(Wait {
+                        until_millis: now_millis + wait_ms,
+                        reason,
+                    });
+                }
+                // Redis did not answer: the cluster is now on its fallback limits.
+                None => {}
+            }
+        }
+        self.reserve_fallback(cluster, view, &local, recipients, now_millis)
+            .await
+    }
+
+    /// Redis unreachable: this node's share of each limit, and no more than what the other nodes
+    /// left of the whole limit when they were last seen.
+    async fn reserve_fallback(
+        &self,
+        cluster: &Cluster,
+        view: &Arc<View>,
+        local: &Arc<MailboxThrottle>,
+        recipients: u32,
+        now_millis: u64,
+    ) -> Result<Reservation, Wait> {
+        let share = format!(
+            "(Redis unreachable: this node keeps 1/{} of the limit)",
+            cluster.expected_nodes()
+        );
+        let (own_messages, own_recipients) = local.entries(now_millis);
+        if let Some(rate) = self.limits.message_rate {
+            let others = view.others_messages(now_millis, rate.per);
+            if own_messages.len() + others.len() >= rate.count as usize {
+                let until = others
+                    .first()
+                    .map_or(now_millis + 100, |&at| at + rate.per.as_millis() as u64);
+                return Err(Wait {
+                    until_millis: until.max(now_millis + 1),
+                    reason: format!(
+                        "{} is at its limit of messages: {} with the other nodes {share}; waiting, \
+                         not failing",
+                        self.mailbox(),
+                        describe_rate(&rate)
+                    ),
+                });
+            }
+        }
+        if let Some(rate) = self.limits.recipient_rate {
+            let used: u64 =
+                own_recipients.iter().map(|e| e.2 as u64).sum::<u64>() + view.others_recipients();
+            let needed = (recipients as u64).min(rate.count as u64);
+            if used > 0 && used + needed > rate.count as u64 {
+                return Err(Wait {
+                    until_millis: now_millis + 1000,
+                    reason: format!(
+                        "{} is at its limit of recipients: {} with the other nodes {share}; \
+                         waiting, not failing",
+                        self.mailbox(),
+                        describe_rate(&rate)
+                    ),
+                });
+            }
+        }
+        let reservation = local.reserve(recipients, now_millis).map_err(|mut wait| {
+            wait.reason = format!("{} {share}", wait.reason);
+            wait
+        })?;
+        cluster.note_fallback_reservation(view).await;
+        Ok(reservation)
     }
 
     pub fn limits(&self) -> &MailboxLimits {
@@ -180,7 +490,7 @@ impl MailboxThrottle {
             if state.messages.len() >= rate.count as usize {
                 let oldest = state.messages[state.messages.len() - rate.count as usize].1;
                 return Err(Wait {
-                    until_millis: oldest + window,
+                    until_millis: Self::leaves_at(oldest, window, now_millis),
                     reason: format!(
                         "{} is at its limit of messages: {}; waiting, not failing",
                         self.mailbox(),
@@ -207,7 +517,7 @@ impl MailboxThrottle {
                 let mut until = now_millis;
                 for &(_, at, n) in &state.recipients {
                     freed += n as u64;
-                    until = at + window;
+                    until = Self::leaves_at(at, window, now_millis);
                     if used - freed + needed <= rate.count as u64 {
                         break;
                     }
@@ -224,24 +534,37 @@ impl MailboxThrottle {
         }
         state.next_id += 1;
         let id = state.next_id;
+        let stamp = self.start_stamp(now_millis);
         if self.limits.message_rate.is_some() {
-            state.messages.push_back((id, now_millis));
+            state.messages.push_back((id, stamp));
         }
         if self.limits.recipient_rate.is_some() {
-            state.recipients.push_back((id, now_millis, recipients));
+            state.recipients.push_back((id, stamp, recipients));
         }
         Ok(Reservation {
             throttle: self.clone(),
             id,
+            recipients,
+            shared: None,
+            done: false,
         })
     }
 
-    /// The upstream said it is throttling this mailbox: no transaction for `throttle_backoff`.
+    /// The upstream said it is throttling this mailbox: no transaction for `throttle_backoff` (on
+    /// every node, when the limits are shared).
     pub fn pause(&self, now_millis: u64) {
         let until = now_millis + self.limits.throttle_backoff.as_millis() as u64;
+        self.pause_local(until);
+        if let Some((cluster, view)) = &self.shared {
+            view.local().pause_local(until);
+            cluster.pause(view, self.limits.throttle_backoff);
+        }
+        tracing::warn!(mailbox = %self.mailbox(), pause = ?self.limits.throttle_backoff, "upstream throttling: pausing this mailbox");
+    }
+
+    fn pause_local(&self, until: u64) {
         let mut state = self.lock();
         state.paused_until = state.paused_until.max(until);
-        tracing::warn!(mailbox = %self.mailbox(), pause = ?self.limits.throttle_backoff, "upstream throttling: pausing this mailbox");
     }
 
     fn mailbox(&self) -> &str {

@@ -9,10 +9,11 @@ use crate::spool::{self, RecipientState};
 /// The header section of a stored message, at most this long in `queue show`.
 const HEADERS_SHOWN: usize = 64 * 1024;
 
-fn info(entry: &Entry) -> MessageInfo {
+fn info(entry: &Entry, node: &str) -> MessageInfo {
     let e = &entry.envelope;
     MessageInfo {
         id: e.id.clone(),
+        node: node.to_string(),
         received_at: e.received_at,
         size: e.size,
         sender: e.sender.clone(),
@@ -73,7 +74,11 @@ impl Queue {
     /// Every message in the queue, oldest first.
     pub fn list(&self) -> Vec<MessageInfo> {
         let schedule = self.lock();
-        let mut all: Vec<MessageInfo> = schedule.entries.values().map(info).collect();
+        let mut all: Vec<MessageInfo> = schedule
+            .entries
+            .values()
+            .map(|e| info(e, &self.inner.node))
+            .collect();
         all.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
         all
     }
@@ -87,7 +92,10 @@ impl Queue {
                 .entries
                 .get(id)
                 .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
-            (info(entry), entry.envelope.history.clone())
+            (
+                info(entry, &self.inner.node),
+                entry.envelope.history.clone(),
+            )
         };
         let content = self.read_content(id).await?;
         Ok(MessageDetail {

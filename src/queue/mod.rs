@@ -17,6 +17,7 @@ pub mod schedule;
 pub mod view;
 
 use crate::bounce::badmail::Badmail;
+use crate::cluster::Cluster;
 use crate::config::{QueueConfig, RetrySchedule};
 use crate::deliver::throttle::{self, MailboxThrottle, Throttles};
 use crate::deliver::{OutboundMessage, RecipientResult, Transporter, rewrite};
@@ -56,6 +57,10 @@ struct Inner {
     wake: Notify,
     cached_bytes: AtomicU64,
     slots: Arc<Semaphore>,
+    /// This relay's node name (shown by `queue list` and the admin API).
+    node: String,
+    /// Per-mailbox limits shared with other nodes (`[cluster]`).
+    cluster: Option<Cluster>,
 }
 
 /// The routes with what was built from them, and the queue settings: one consistent set.
@@ -116,8 +121,32 @@ impl Queue {
         config: QueueConfig,
         badmail: Arc<Badmail>,
     ) -> Self {
+        Self::with_node(
+            store,
+            router,
+            transporters,
+            config,
+            badmail,
+            String::new(),
+            None,
+        )
+    }
+
+    /// [`Queue::new`] on node `node`, with per-mailbox limits shared through `cluster`.
+    pub fn with_node(
+        store: Arc<Store>,
+        router: Router,
+        transporters: Vec<Arc<Transporter>>,
+        config: QueueConfig,
+        badmail: Arc<Badmail>,
+        node: String,
+        cluster: Option<Cluster>,
+    ) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_deliveries.max(1)));
-        let registry = Throttles::default();
+        if let Some(cluster) = &cluster {
+            cluster.attach(router.routes(), &transporters);
+        }
+        let registry = Throttles::with_cluster(cluster.clone());
         let throttles = router
             .routes()
             .iter()
@@ -137,6 +166,8 @@ impl Queue {
                 wake: Notify::new(),
                 cached_bytes: AtomicU64::new(0),
                 slots,
+                node,
+                cluster,
             }),
         }
     }
@@ -160,7 +191,10 @@ impl Queue {
     /// its value until a restart.
     pub fn reload(&self, router: Router, transporters: Vec<Arc<Transporter>>, config: QueueConfig) {
         let old = self.routes();
-        let registry = Throttles::default();
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.attach(router.routes(), &transporters);
+        }
+        let registry = Throttles::with_cluster(self.inner.cluster.clone());
         let throttles = router
             .routes()
             .iter()
@@ -402,7 +436,10 @@ impl Queue {
             let per_message = throttle.limits().recipients_per_message.max(1);
             // More recipients than one transaction may carry: several transactions.
             for chunk in members.chunks(per_message) {
-                let reservation = match throttle.reserve(chunk.len() as u32, self.now_millis()) {
+                let reservation = match throttle
+                    .acquire(chunk.len() as u32, self.now_millis())
+                    .await
+                {
                     Ok(r) => r,
                     Err(wait) => {
                         crate::admin::metrics::metrics().throttle_waits.inc();
@@ -426,7 +463,7 @@ impl Queue {
                 crate::admin::metrics::metrics()
                     .upstream_reply
                     .observe(&routes.router.routes()[route].name, started.elapsed());
-                reservation.complete(self.now_millis());
+                reservation.finish(self.now_millis()).await;
                 if results.iter().any(|r| {
                     matches!(r, RecipientResult::Deferred { reason } if throttle::is_throttling(reason))
                 }) {

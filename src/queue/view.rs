@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageInfo {
     pub id: String,
+    /// The relay node whose spool holds it (`[cluster] node`, default the machine's host name).
+    #[serde(default)]
+    pub node: String,
     /// Unix seconds when it was accepted.
     pub received_at: u64,
     pub size: u64,

@@ -244,5 +244,19 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     if running.logs != new.logs {
         keys.push("[logs]".into());
     }
+    let cluster = |c: &Config| {
+        c.cluster.as_ref().map(|c| {
+            (
+                c.redis.clone(),
+                c.password.clone(),
+                c.expected_nodes,
+                c.lease_ttl,
+                c.timeout,
+            )
+        })
+    };
+    if cluster(running) != cluster(new) || running.node != new.node {
+        keys.push("[cluster]".into());
+    }
     keys
 }

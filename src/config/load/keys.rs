@@ -15,6 +15,7 @@ pub const TOP: &[&str] = &[
     "auth_lockout",
     "admin",
     "logs",
+    "cluster",
 ];
 pub const LOGS: &[&str] = &["w3c", "json", "retention_days"];
 pub const LISTENER: &[&str] = &[
@@ -123,6 +124,15 @@ pub const OAUTH: &[&str] = &[
 pub const USER: &[&str] = &["name", "password_hash", "allowed_senders"];
 pub const AUTH_LOCKOUT: &[&str] = &["max_failures", "window", "duration"];
 pub const ADMIN: &[&str] = &["enabled", "address", "token_env", "token_file"];
+pub const CLUSTER: &[&str] = &[
+    "redis",
+    "password_env",
+    "password_file",
+    "node",
+    "expected_nodes",
+    "lease_ttl",
+    "timeout",
+];
 
 /// Every table as written in the file, with its keys.
 pub const SECTIONS: &[(&str, &[&str])] = &[
@@ -141,6 +151,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     ("[auth_lockout]", AUTH_LOCKOUT),
     ("[admin]", ADMIN),
     ("[logs]", LOGS),
+    ("[cluster]", CLUSTER),
 ];
 
 /// Reports every key of `section` that is in none of `known`.
@@ -163,6 +174,13 @@ fn hint(key: &str, header: &str, known: &[&[&str]]) -> Option<String> {
             "the client secret is read from the environment variable named by \
              `client_secret_env` or from the file named by `client_secret_file`, never from this \
              file"
+                .to_string(),
+        );
+    }
+    if header == "[cluster]" && ["password", "pass", "secret"].contains(&key) {
+        return Some(
+            "the Redis password is read from the environment variable named by `password_env` \
+             or from the file named by `password_file`, never from this file"
                 .to_string(),
         );
     }

@@ -3,6 +3,7 @@
 //! the caller discards the result when anything was reported.
 
 use super::admin;
+use super::cluster;
 use super::document::{Report, Section};
 use super::listeners;
 use super::logs;
@@ -58,6 +59,7 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
     let auth_lockout = users::auth_lockout(report, &top);
     let admin = admin::admin(report, &top, env);
     let logs = logs::logs(report, &top);
+    let (node, cluster) = cluster::cluster(report, &top, env);
 
     Config {
         data_dir,
@@ -71,6 +73,8 @@ pub fn config(report: &mut Report, root: &DeTable<'_>, env: Env<'_>) -> Config {
         auth_lockout,
         admin,
         logs,
+        node,
+        cluster,
     }
 }
 
