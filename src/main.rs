@@ -68,6 +68,15 @@ enum Command {
         #[command(subcommand)]
         command: smarthost::cli::check::CheckCommand,
     },
+    /// Tests of the live path: `test upstream [--route NAME] [--send --to ADDR]` connects to a
+    /// route's upstream step by step and says what fails and how to fix it.
+    Test {
+        #[command(subcommand)]
+        command: smarthost::cli::test_upstream::TestCommand,
+    },
+    /// Check everything at once (configuration, data directory, certificates, SPF, every route's
+    /// upstream) and print a table of findings. Exit status 0 when nothing failed, 1 otherwise.
+    Doctor(smarthost::cli::doctor::DoctorArgs),
     /// Write a message (text or --html body, --attach files) and send it to an SMTP server
     /// (--server, --tls, --user/--password-env) or, with --via-queue, through the local relay's
     /// Pickup folder. Exit status 0 when every recipient was accepted, 1 otherwise, 2 for usage.
@@ -170,6 +179,8 @@ fn main() -> ExitCode {
         },
         Command::Send(args) => control_exit(smarthost::cli::send::run(&args)),
         Command::Check { command } => ExitCode::from(smarthost::cli::check::run(command)),
+        Command::Test { command } => ExitCode::from(smarthost::cli::test_upstream::run(command)),
+        Command::Doctor(args) => ExitCode::from(smarthost::cli::doctor::run(&args)),
         Command::Passwd => match smarthost::cli::passwd::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -3,6 +3,7 @@
 pub mod badmail;
 pub mod check;
 pub mod check_config;
+pub mod doctor;
 pub mod explain;
 pub mod logs;
 pub mod oauth;
@@ -12,3 +13,4 @@ pub mod reload;
 pub mod send;
 pub mod serve;
 pub mod service;
+pub mod test_upstream;

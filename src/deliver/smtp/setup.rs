@@ -519,7 +519,7 @@ async fn handshake(
 }
 
 /// Removes anything secret a server might echo back in a reply to AUTH.
-fn scrub(reply: &mut Reply, secrets: &[String]) {
+pub(crate) fn scrub(reply: &mut Reply, secrets: &[String]) {
     for line in &mut reply.lines {
         for secret in secrets.iter().filter(|s| !s.is_empty()) {
             if line.contains(secret.as_str()) {

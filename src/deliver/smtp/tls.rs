@@ -34,19 +34,7 @@ pub(crate) fn client_config_with_cert(
     ca_file: Option<&Path>,
     client_cert: Option<&ClientCert>,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    let (_, unusable) = roots.add_parsable_certificates(system_roots().iter().cloned());
-    if unusable > 0 {
-        tracing::debug!("{unusable} system certificates could not be used as trust anchors");
-    }
-    if let Some(path) = ca_file {
-        add_ca_file(&mut roots, path)?;
-    }
-    if roots.is_empty() {
-        tracing::warn!(
-            "no trusted CA certificates: TLS to upstreams will fail (install ca-certificates or set ca_file)"
-        );
-    }
+    let roots = root_store(ca_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -85,6 +73,25 @@ pub(crate) fn client_config_with_cert(
         }
     };
     Ok(Arc::new(config))
+}
+
+/// The trust anchors of a route: the system roots plus the certificates in `ca_file` (also used by
+/// `smarthost test upstream`, which verifies with these roots and reports why a chain fails).
+pub(crate) fn root_store(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    let (_, unusable) = roots.add_parsable_certificates(system_roots().iter().cloned());
+    if unusable > 0 {
+        tracing::debug!("{unusable} system certificates could not be used as trust anchors");
+    }
+    if let Some(path) = ca_file {
+        add_ca_file(&mut roots, path)?;
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no trusted CA certificates: TLS to upstreams will fail (install ca-certificates or set ca_file)"
+        );
+    }
+    Ok(roots)
 }
 
 fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> anyhow::Result<()> {
