@@ -126,6 +126,10 @@ pub fn rewrite_sender(
     }
     let rest = &content[header.end..];
     if !from_written {
+        // The last field may end the content without a line ending: the new field needs its own line.
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(&new_from);
         if let Some(reply_to) = &reply_to {
             out.extend_from_slice(reply_to);
@@ -433,6 +437,21 @@ fn trim_blanks(bytes: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing: a message without `From:` whose last header field ends the content without
+    /// a line ending got `From:` glued to the end of that field, so the result still had no `From:`
+    /// (and a second rewrite added another one).
+    #[test]
+    fn a_from_added_after_an_unterminated_last_field_starts_its_own_line() {
+        let (sender, content) =
+            rewrite_sender(b"Subject: no line end", "dev@printer.local", &rule(&[])).unwrap();
+        assert_eq!(sender, "scanner@contoso.com");
+        assert_eq!(
+            String::from_utf8(content.clone()).unwrap(),
+            "Subject: no line end\r\nFrom: scanner@contoso.com\r\nReply-To: <dev@printer.local>\r\n"
+        );
+        assert_eq!(rewrite_sender(&content, &sender, &rule(&[])), None);
+    }
 
     fn rule(allowed: &[&str]) -> SenderRewrite {
         SenderRewrite {

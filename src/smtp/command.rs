@@ -263,7 +263,9 @@ fn oversized_mail(line: &[u8]) -> Result<Command, Reply> {
         .ok_or_else(invalid)?;
     let (start, len) = param_value(&line[path_end..], b"SIZE").ok_or_else(invalid)?;
     let digits = &line[path_end + start..path_end + start + len];
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    // `SIZE=1` is this function's own patch: if smtp-proto still refuses the line, its complaint is
+    // not the size, and patching again would recurse until the stack overflows.
+    if digits.is_empty() || digits == b"1" || !digits.iter().all(u8::is_ascii_digit) {
         return Err(invalid());
     }
     let mut patched = Vec::with_capacity(line.len());
@@ -322,11 +324,13 @@ fn envelope_address(line: &[u8]) -> Option<(String, usize)> {
         let colon = memchr::memchr(b':', path)?;
         path = &path[colon + 1..];
     }
-    if path.iter().any(|&b| b < 0x20 || b == 0x7f) {
+    let address = std::str::from_utf8(path).ok()?;
+    // C0, DEL and the C1 controls (U+0080..U+009F, two bytes in UTF-8; NEL is a line break to some
+    // log readers).
+    if address.chars().any(char::is_control) {
         return None;
     }
-    let address = std::str::from_utf8(path).ok()?.to_owned();
-    Some((address, close + 1))
+    Some((address.to_owned(), close + 1))
 }
 
 /// Finds `KEY=value` among whitespace-separated parameters; returns the value's offset and length.
@@ -808,6 +812,38 @@ mod tests {
         line.truncate(MAX_COMMAND_LINE - 2);
         line.extend_from_slice(b"\r\n");
         assert_eq!(parse_command(&line), Ok(Command::Noop));
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/smtp_command.rs`): smtp-proto refused the SIZE value
+    /// even after it was patched to `1` (a CR inside the parameters), and `oversized_mail` patched
+    /// and re-parsed the line for ever: one command line overflowed the stack and aborted the relay.
+    #[test]
+    fn size_refused_after_patching_is_a_syntax_error_not_endless_recursion() {
+        let line = b"MAIL FROM:<a@I> SIZE=9999999999\rI> SIZE=99\n";
+        let reply = parse_command(line).unwrap_err();
+        assert_eq!(
+            (reply.code, reply.lines[0].as_str()),
+            (501, "5.5.4 Invalid SIZE parameter")
+        );
+        assert_eq!(
+            parse_command(b"MAIL FROM:<a@b.example> SIZE=1\rx\r\n").map_err(|r| r.code),
+            Err(501)
+        );
+    }
+
+    /// Found by fuzzing: only C0 controls and DEL were refused, so `RCPT TO:<r@\u{9f}.>` (and a
+    /// NEL, U+0085, in a local part) reached the session as an address.
+    #[test]
+    fn addresses_with_c1_control_characters_are_refused() {
+        for line in [
+            "RCPT TO:<r@\u{9f}.>\r\n",
+            "RCPT TO:<a\u{85}b@example.com>\r\n",
+            "MAIL FROM:<a\u{80}@example.com>\r\n",
+        ] {
+            let reply = parse_command(line.as_bytes()).unwrap_err();
+            assert_eq!(reply.code, 501, "{line:?}");
+        }
+        assert!(parse_command("RCPT TO:<j\u{f6}rg@example.com>\r\n".as_bytes()).is_ok());
     }
 
     #[test]

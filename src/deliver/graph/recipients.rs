@@ -283,7 +283,12 @@ fn address_of(mailbox: &[u8]) -> String {
             b'(' => i = skip_comment(mailbox, i),
             b'<' => {
                 let end = skip_angle(mailbox, i);
-                angle = Some(&mailbox[i + 1..end.saturating_sub(1).max(i + 1)]);
+                // An unclosed `<` runs to the end: no address to read (and the text, written
+                // again before a `;` or `,`, would be read differently).
+                if end <= i + 1 || mailbox[end - 1] != b'>' {
+                    return String::new();
+                }
+                angle = Some(&mailbox[i + 1..end - 1]);
                 i = end;
             }
             _ => i += 1,
@@ -413,6 +418,31 @@ mod tests {
         let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
         String::from_utf8(restrict_to_envelope(content.as_bytes(), &recipients).into_owned())
             .unwrap()
+    }
+
+    /// Found by fuzzing (`header_rewrite`): an unclosed `<` lost the address's last byte, so
+    /// `<bob@example.com` matched the envelope recipient `bob@example.co`; and a mailbox with an
+    /// unclosed `<` in a group was written back before the group's `;`, which it then swallowed,
+    /// so restricting the result again changed it. Such a mailbox is unreadable: it goes, and the
+    /// envelope recipient is named in Bcc.
+    #[test]
+    fn a_mailbox_with_an_unclosed_angle_bracket_is_unreadable() {
+        assert_eq!(address_of(b"Bob <bob@example.com"), "");
+        assert_eq!(address_of(b"Bob <bob@example.com>"), "bob@example.com");
+        assert_eq!(address_of(b"<"), "");
+        assert_eq!(address_of(b"<>"), "");
+        for (content, envelope) in [
+            ("Cc: Bob <bob@example.com\r\n\r\nbody\r\n", "bob@example.co"),
+            (
+                "Cc: Bob <bob@example.com\r\n\r\nbody\r\n",
+                "bob@example.com",
+            ),
+            ("Cc:c,:<m\r\n\r\nbody\r\n", "m"),
+        ] {
+            let once = rewrite(content, &[envelope]);
+            assert_eq!(once, format!("Bcc: {envelope}\r\n\r\nbody\r\n"));
+            assert_eq!(rewrite(&once, &[envelope]), once);
+        }
     }
 
     const RECEIVED: &str = "Received: from scanner1 ([127.0.0.1])\r\n\tby relay.test (smarthost) with ESMTP id X; Mon, 1 Jan 2024 00:00:00 +0000\r\n";
