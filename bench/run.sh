@@ -12,10 +12,15 @@
 # A warm-up run for each system is discarded; measured rounds alternate the order of the systems.
 #
 # Environment (defaults in brackets):
-#   MESSAGES [5000]        messages per measured run
+#   MSG_SIZES ["4096 102400 1048576"]  payload bytes per message (smtp-source -l), one table row
+#                          per size and system (MSG_SIZE: one size, for compatibility)
+#   MESSAGES               messages per measured run, every size [5000 at 4 KiB, 1000 at 100 KiB,
+#                          300 at 1 MiB; other sizes: 5000 * 4096 / size, at least 100]
 #   SESSIONS [20]          parallel smtp-source sessions
-#   MSG_SIZE [4096]        payload bytes per message (smtp-source -l)
-#   MSG_SIZES              several sizes in one run, e.g. "4096 102400 1048576" (overrides MSG_SIZE)
+#   LATENCY_MESSAGES       messages of the latency run per size and system (bench/latency.py:
+#                          p50/p99 from the end of DATA to the 250, SESSIONS connections)
+#                          [half the size's MESSAGES; 0: no latency run]
+#   IDLE_CONNECTIONS [1000] idle connections held open for the memory figure (0: none)
 #   ROUNDS [3]             measured runs per system and size (the table shows the median)
 #   WARMUP [500]           messages of the discarded warm-up run per system (0: none)
 #   DELIVERIES [20]        smarthost [queue] max_concurrent_deliveries, and Postfix
@@ -36,9 +41,23 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/interop/lib.sh
 source "$ROOT/scripts/interop/lib.sh"
 
-MESSAGES=${MESSAGES:-5000}
 SESSIONS=${SESSIONS:-20}
-MSG_SIZES=${MSG_SIZES:-${MSG_SIZE:-4096}}
+MSG_SIZES=${MSG_SIZES:-${MSG_SIZE:-4096 102400 1048576}}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-1000}
+
+# messages_for SIZE: the messages of one measured run of that size.
+messages_for() {
+    if [ -n "${MESSAGES:-}" ]; then
+        echo "$MESSAGES"
+        return
+    fi
+    case $1 in
+    4096) echo 5000 ;;
+    102400) echo 1000 ;;
+    1048576) echo 300 ;;
+    *) echo $((5000 * 4096 / $1 > 100 ? 5000 * 4096 / $1 : 100)) ;;
+    esac
+}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-500}
 DELIVERIES=${DELIVERIES:-20}
@@ -105,10 +124,12 @@ hostname = "smarthost.bench.test"
 address = "127.0.0.1:${ENTRY_PORT[smarthost]}"
 relay_from = ["127.0.0.0/8"]
 
+max_connections_per_ip = 5000
+
 [limits]
 max_message_size = "35MiB"
 max_recipients = 500
-max_connections = 1000
+max_connections = 5000
 
 [queue]
 max_concurrent_deliveries = $DELIVERIES
@@ -170,7 +191,7 @@ echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed
 echo "kernel: $(uname -sr); memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 echo "temp dir: $T on $(df -T "$T" | awk 'NR==2 {print $2" ("$1")"}')"
 echo "postfix $(/usr/sbin/postconf -h mail_version); $("$BIN" --version)"
-echo "smtp-source ${SOURCE_OPTS[*]:+${SOURCE_OPTS[*]} }-s $SESSIONS -m $MESSAGES -l SIZE; deliveries $DELIVERIES per system; rounds $ROUNDS"
+echo "smtp-source ${SOURCE_OPTS[*]:+${SOURCE_OPTS[*]} }-s $SESSIONS -m MESSAGES -l SIZE; deliveries $DELIVERIES per system; rounds $ROUNDS"
 
 if [ "$WARMUP" -gt 0 ]; then
     for sys in $SYSTEMS; do
@@ -179,22 +200,52 @@ if [ "$WARMUP" -gt 0 ]; then
     done
 fi
 
-declare -A ACCEPT TOTAL
+declare -A ACCEPT=() TOTAL=() LATENCY=()
 for size in $MSG_SIZES; do
+    n=$(messages_for "$size")
     for round in $(seq 1 "$ROUNDS"); do
         order=$SYSTEMS
         # Alternate which system goes first, so neither always gets the cooler page cache.
         [ $((round % 2)) -eq 0 ] && order=$(echo "$SYSTEMS" | tr ' ' '\n' | tac | tr '\n' ' ')
         for sys in $order; do
-            log "run: $sys, $MESSAGES messages of $size bytes, round $round"
-            out=$(run "$sys" "$MESSAGES" "$size")
+            log "run: $sys, $n messages of $size bytes, round $round"
+            out=$(run "$sys" "$n" "$size")
             read -r a t <<<"$out"
             log "  $sys: smtp-source done in ${a}s, sink complete in ${t}s"
             ACCEPT[$sys,$size]="${ACCEPT[$sys,$size]:-} $a"
             TOTAL[$sys,$size]="${TOTAL[$sys,$size]:-} $t"
         done
     done
+    lat_n=${LATENCY_MESSAGES:-$((n / 2))}
+    [ "$lat_n" -gt 0 ] || continue
+    for sys in $SYSTEMS; do
+        [ "$sys" = direct ] && continue
+        log "latency: $sys, $lat_n messages of $size bytes over $SESSIONS connections"
+        sync
+        sleep "$SETTLE"
+        before=$(sink_count "${COUNTFILE[$sys]}")
+        LATENCY[$sys,$size]=$(timeout "$RUN_TIMEOUT" python3 "$ROOT/bench/latency.py" 127.0.0.1 \
+            "${ENTRY_PORT[$sys]}" "$lat_n" "$SESSIONS" "$size") ||
+            die "$sys: the latency run of $size bytes failed"
+        # Let the relay deliver all of them before the next run counts its own.
+        wait_sink_count "${COUNTFILE[$sys]}" $((before + lat_n)) "$RUN_TIMEOUT" ||
+            die "$sys: the latency run's messages did not all reach the sink"
+    done
 done
+
+declare -A MEMORY=()
+if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
+    for sys in $SYSTEMS; do
+        case $sys in
+        smarthost) pid=$RELAY_PID ;;
+        postfix) pid=$(tr -dc 0-9 <"$T/postfix/queue/pid/master.pid") ;;
+        *) continue ;;
+        esac
+        log "memory: $sys at rest and with $IDLE_CONNECTIONS idle connections"
+        MEMORY[$sys]=$(python3 "$ROOT/bench/idle.py" 127.0.0.1 "${ENTRY_PORT[$sys]}" \
+            "$IDLE_CONNECTIONS" "$pid") || die "$sys: the idle-connection run failed"
+    done
+fi
 
 echo "== results (median of $ROUNDS round(s); msg/s = messages / seconds)"
 printf '%-10s %-10s %9s %9s %14s %14s %12s\n' system size messages sessions "accepted/s" "end-to-end/s" "e2e seconds"
@@ -202,7 +253,7 @@ for size in $MSG_SIZES; do
     for sys in $SYSTEMS; do
         a=$(echo "${ACCEPT[$sys,$size]}" | median)
         t=$(echo "${TOTAL[$sys,$size]}" | median)
-        awk -v s="$sys" -v z="$size" -v n="$MESSAGES" -v c="$SESSIONS" -v a="$a" -v t="$t" \
+        awk -v s="$sys" -v z="$size" -v n="$(messages_for "$size")" -v c="$SESSIONS" -v a="$a" -v t="$t" \
             'BEGIN { printf "%-10s %-10s %9s %9s %14.1f %14.1f %12.2f\n", s, z, n, c, n / a, n / t, t }'
     done
     if [[ " $SYSTEMS " == *" smarthost "* && " $SYSTEMS " == *" postfix "* ]]; then
@@ -212,6 +263,29 @@ for size in $MSG_SIZES; do
             'BEGIN { printf "ratio smarthost/postfix, end to end, %s bytes: %.2f\n", z, p / s }'
     fi
 done
+
+if [ "${#LATENCY[@]}" -gt 0 ]; then
+    echo "== latency: end of DATA to 250, $SESSIONS connections (bench/latency.py)"
+    printf '%-10s %-10s %9s %9s %9s %12s\n' system size "p50 ms" "p99 ms" "max ms" "messages/s"
+    for size in $MSG_SIZES; do
+        for sys in $SYSTEMS; do
+            [ -n "${LATENCY[$sys,$size]:-}" ] || continue
+            read -r p50 p99 mx rate <<<"${LATENCY[$sys,$size]}"
+            printf '%-10s %-10s %9s %9s %9s %12s\n' "$sys" "$size" "$p50" "$p99" "$mx" "$rate"
+        done
+    done
+fi
+
+if [ "${#MEMORY[@]}" -gt 0 ]; then
+    echo "== memory: resident size of all the system's processes, at rest (after the runs) and with $IDLE_CONNECTIONS idle connections"
+    printf '%-10s %10s %10s %10s %10s %10s %9s\n' system "rest RSS" "idle RSS" "idle PSS" processes connected greeted
+    for sys in $SYSTEMS; do
+        [ -n "${MEMORY[$sys]:-}" ] || continue
+        read -r rest idle pss procs connected greeted <<<"${MEMORY[$sys]}"
+        awk -v s="$sys" -v r="$rest" -v i="$idle" -v q="$pss" -v p="$procs" -v c="$connected" -v g="$greeted" \
+            'BEGIN { printf "%-10s %7.1f MiB %6.1f MiB %6.1f MiB %10d %10d %9d\n", s, r / 1024, i / 1024, q / 1024, p, c, g }'
+    done
+fi
 
 # Sanity: nothing left behind in either queue.
 for sys in $SYSTEMS; do
