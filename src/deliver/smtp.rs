@@ -240,12 +240,18 @@ impl SmtpTransport {
     }
 
     fn park(&self, conn: Connection, permit: Permit) {
+        // With `[cluster]` an idle connection looks often whether another node waits for its slot.
+        let every = if permit.lease.is_some() {
+            CLUSTER_IDLE_CHECK
+        } else {
+            REAP_EVERY
+        };
         if self.idle.put(conn, permit) {
             // One reaper per pool while it has idle connections, not one timer task per parked
             // connection: at 2,000 messages a second those were 10,000 live tasks and 40 MB
             // (found with heaptrack, issue 8).
             let pool = Arc::downgrade(&self.idle);
-            tokio::spawn(IdlePool::reap(pool).in_current_span());
+            tokio::spawn(IdlePool::reap(pool, every).in_current_span());
         }
     }
 }
@@ -288,19 +294,12 @@ impl IdlePool {
 
     /// Ends (QUIT) the connections idle longer than [`IDLE_REUSE`], and with `[cluster]` those
     /// whose shared slot another node waits for, until the pool is empty or the transport is gone.
-    async fn reap(pool: std::sync::Weak<IdlePool>) {
-        let mut since_full_pass = Duration::ZERO;
+    async fn reap(pool: std::sync::Weak<IdlePool>, every: Duration) {
         loop {
-            tokio::time::sleep(CLUSTER_IDLE_CHECK).await;
-            since_full_pass += CLUSTER_IDLE_CHECK;
+            tokio::time::sleep(every).await;
             let Some(pool) = pool.upgrade() else { return };
             let (expired, done) = {
                 let mut conns = pool.lock();
-                let shared = conns.idle.iter().any(|idle| idle.permit.lease.is_some());
-                if !shared && since_full_pass < REAP_EVERY {
-                    continue;
-                }
-                since_full_pass = Duration::ZERO;
                 let (old, keep): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut conns.idle)
                     .into_iter()
                     .partition(|idle| {

@@ -12,6 +12,48 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+/// A throw-away CA: its certificate and the issuer that signs with it.
+pub fn test_ca(common_name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    (ca_cert, Issuer::new(ca_params, ca_key))
+}
+
+/// The parameters of a TLS server certificate for `names` (the first is the common name).
+pub fn server_params(names: &[&str]) -> CertificateParams {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names.clone()).expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names[0].clone());
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params
+}
+
+/// `pem` in a temporary file (deleted when dropped), for a `ca_file`.
+pub fn pem_file(prefix: &str, pem: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".pem")
+        .tempfile()
+        .expect("temporary CA file");
+    file.write_all(pem.as_bytes()).expect("write CA file");
+    file.flush().expect("flush CA file");
+    file
+}
+
 pub struct TestPki {
     pub ca_pem: String,
     /// The CA certificate as a PEM file, for `ca_file`. Deleted when the `TestPki` is dropped.
@@ -30,41 +72,16 @@ impl TestPki {
     /// A CA and a server certificate for the given DNS names / IP addresses (e.g. a wrong name, to see
     /// host name verification fail).
     pub fn for_names(names: &[&str]) -> Self {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "smarthost test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (ca_cert, issuer) = test_ca("smarthost test CA");
 
         let server_key = KeyPair::generate().expect("server key");
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names.clone()).expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names[0].clone());
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let params = server_params(names);
         let server_cert = params
             .signed_by(&server_key, &issuer)
             .expect("server certificate");
 
         let ca_pem = ca_cert.pem();
-        let mut ca_file = tempfile::Builder::new()
-            .prefix("smarthost-test-ca-")
-            .suffix(".pem")
-            .tempfile()
-            .expect("temporary CA file");
-        ca_file.write_all(ca_pem.as_bytes()).expect("write CA file");
-        ca_file.flush().expect("flush CA file");
+        let ca_file = pem_file("smarthost-test-ca-", &ca_pem);
 
         TestPki {
             ca_pem,

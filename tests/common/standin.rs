@@ -2,13 +2,9 @@
 //! certificate (for a TLS server the client must refuse), and configuration files for routes to
 //! local upstreams.
 
-use super::certs::pem;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, date_time_ymd,
-};
+use super::certs::{pem, pem_file, server_params, test_ca};
+use rcgen::{KeyPair, date_time_ymd};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,43 +18,13 @@ pub struct ExpiredPki {
 
 impl ExpiredPki {
     pub fn new() -> Self {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "smarthost expired test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-
+        let (ca_cert, issuer) = test_ca("smarthost expired test CA");
         let key = KeyPair::generate().expect("server key");
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut params = server_params(&["localhost", "127.0.0.1"]);
         params.not_before = date_time_ymd(2020, 1, 1);
         params.not_after = date_time_ymd(2021, 1, 1);
         let cert = params.signed_by(&key, &issuer).expect("server certificate");
-
-        let mut ca_file = tempfile::Builder::new()
-            .prefix("smarthost-expired-ca-")
-            .suffix(".pem")
-            .tempfile()
-            .expect("temporary CA file");
-        ca_file
-            .write_all(ca_cert.pem().as_bytes())
-            .expect("write CA file");
-        ca_file.flush().expect("flush CA file");
+        let ca_file = pem_file("smarthost-expired-ca-", &ca_cert.pem());
         ExpiredPki {
             ca_file,
             cert: cert.der().clone(),
