@@ -268,6 +268,9 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> any
     crate::server::raise_open_files_limit();
     let running = start(config).await?;
     running.set_config_path(config_path);
+    // Handlers in place before the summary says the relay is listening: a SIGHUP or SIGTERM sent as
+    // soon as it is up must reload or stop it, not kill it by the default action.
+    let signals = Signals::install()?;
     // A closed stdout (a service manager, a test that stopped reading) must not stop the relay.
     // With `[logs] json` stdout carries JSON lines only.
     if !config_for_summary.logs.json {
@@ -277,7 +280,7 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> any
             describe(&config_for_summary, &running.local_addrs)
         );
     }
-    wait_for_stop(&running).await?;
+    wait_for_stop(&running, signals).await?;
     tracing::info!("shutting down: no new connections; undelivered mail stays in the spool");
     running.shutdown().await;
     tracing::info!("stopped");
@@ -382,14 +385,38 @@ fn listener_summary(l: &ListenerConfig) -> String {
     parts.join(", ")
 }
 
+/// The stop and reload signals, registered before the relay announces that it listens.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                hangup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+}
+
 /// Waits for SIGINT or SIGTERM; each SIGHUP meanwhile reloads the configuration (its outcome is
 /// logged by the reload).
-async fn wait_for_stop(running: &Running) -> anyhow::Result<()> {
+async fn wait_for_stop(running: &Running, signals: Signals) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hangup = signal(SignalKind::hangup())?;
+        let Signals {
+            mut term,
+            mut hangup,
+        } = signals;
         loop {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => return Ok(r?),
@@ -403,7 +430,7 @@ async fn wait_for_stop(running: &Running) -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     {
-        let _ = running;
+        let _ = (running, signals);
         tokio::signal::ctrl_c().await?;
         Ok(())
     }
