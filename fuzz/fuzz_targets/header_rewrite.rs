@@ -83,17 +83,6 @@ fuzz_target!(|bytes: &[u8]| {
     let recipients = list(&recipients);
     let restricted = restrict_to_envelope(content, &recipients);
     assert!(restricted.ends_with(body), "the body changed");
-    // Known open issue: an address field with an unclosed quoted string, comment or `<` inside a
-    // group is written back before the group's `;`, which it then swallows (minimised input:
-    // `To:\xf3,:"` with the recipient `"`). Idempotence is checked only when every header line is balanced.
-    let header = &content[..content.len() - body.len()];
-    let unbalanced = |line: &[u8]| {
-        let count = |b: u8| line.iter().filter(|&&c| c == b).count();
-        count(b'"') % 2 != 0 || count(b'<') != count(b'>') || count(b'(') != count(b')')
-    };
-    if header.split(|&b| b == b'\n').any(unbalanced) {
-        return;
-    }
     let again = restrict_to_envelope(&restricted, &recipients);
     assert_eq!(
         String::from_utf8_lossy(&again),

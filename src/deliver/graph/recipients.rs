@@ -278,20 +278,17 @@ fn address_of(mailbox: &[u8]) -> String {
     let mut i = 0;
     let mut angle = None;
     while i < mailbox.len() {
-        match mailbox[i] {
-            b'"' => i = skip_quoted(mailbox, i),
-            b'(' => i = skip_comment(mailbox, i),
-            b'<' => {
-                let end = skip_angle(mailbox, i);
-                // An unclosed `<` runs to the end: no address to read (and the text, written
-                // again before a `;` or `,`, would be read differently).
-                if end <= i + 1 || mailbox[end - 1] != b'>' {
-                    return String::new();
-                }
-                angle = Some(&mailbox[i + 1..end - 1]);
-                i = end;
-            }
-            _ => i += 1,
+        // An unclosed quoted string, comment or `<` runs to the end: no address to read (and the
+        // text, written again before a group's `;` or a `,`, would swallow it and be read differently).
+        let closed = match mailbox[i] {
+            b'"' => quoted_end(mailbox, i),
+            b'(' => comment_end(mailbox, i),
+            b'<' => angle_end(mailbox, i).inspect(|&end| angle = Some(&mailbox[i + 1..end - 1])),
+            _ => Some(i + 1),
+        };
+        match closed {
+            Some(end) => i = end,
+            None => return String::new(),
         }
     }
     let spec = without_whitespace(&strip_comments(angle.unwrap_or(mailbox)));
@@ -308,21 +305,32 @@ fn fold_case(address: &[u8]) -> String {
     String::from_utf8_lossy(address).to_lowercase()
 }
 
-/// Index just past the quoted string that starts at `start`.
+/// Index just past the quoted string that starts at `start` (the end of `text` when it is not closed).
 fn skip_quoted(text: &[u8], start: usize) -> usize {
+    quoted_end(text, start).unwrap_or(text.len())
+}
+
+/// Index just past the quoted string that starts at `start`; `None` when it is not closed.
+fn quoted_end(text: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     while i < text.len() {
         match text[i] {
             b'\\' => i += 2,
-            b'"' => return i + 1,
+            b'"' => return Some(i + 1),
             _ => i += 1,
         }
     }
-    text.len()
+    None
 }
 
-/// Index just past the (possibly nested) comment that starts at `start`.
+/// Index just past the (possibly nested) comment that starts at `start` (the end of `text` when it is
+/// not closed).
 fn skip_comment(text: &[u8], start: usize) -> usize {
+    comment_end(text, start).unwrap_or(text.len())
+}
+
+/// Index just past the (possibly nested) comment that starts at `start`; `None` when it is not closed.
+fn comment_end(text: &[u8], start: usize) -> Option<usize> {
     let mut depth = 0;
     let mut i = start;
     while i < text.len() {
@@ -332,27 +340,33 @@ fn skip_comment(text: &[u8], start: usize) -> usize {
             b')' => {
                 depth -= 1;
                 if depth == 0 {
-                    return i + 1;
+                    return Some(i + 1);
                 }
             }
             _ => {}
         }
         i += 1;
     }
-    text.len()
+    None
 }
 
-/// Index just past the angle address that starts at `start`.
+/// Index just past the angle address that starts at `start` (the end of `text` when it is not closed).
 fn skip_angle(text: &[u8], start: usize) -> usize {
+    angle_end(text, start).unwrap_or(text.len())
+}
+
+/// Index just past the angle address that starts at `start`; `None` when it, or a quoted string in
+/// it, is not closed.
+fn angle_end(text: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     while i < text.len() {
         match text[i] {
-            b'"' => i = skip_quoted(text, i),
-            b'>' => return i + 1,
+            b'"' => i = quoted_end(text, i)?,
+            b'>' => return Some(i + 1),
             _ => i += 1,
         }
     }
-    text.len()
+    None
 }
 
 fn strip_comments(text: &[u8]) -> Vec<u8> {
@@ -438,6 +452,27 @@ mod tests {
                 "bob@example.com",
             ),
             ("Cc:c,:<m\r\n\r\nbody\r\n", "m"),
+        ] {
+            let once = rewrite(content, &[envelope]);
+            assert_eq!(once, format!("Bcc: {envelope}\r\n\r\nbody\r\n"));
+            assert_eq!(rewrite(&once, &[envelope]), once);
+        }
+    }
+
+    #[test]
+    fn a_mailbox_with_an_unclosed_quote_or_comment_is_unreadable() {
+        assert_eq!(address_of(b"\"bob@example.com"), "");
+        assert_eq!(address_of(b"\"a\\\""), "");
+        assert_eq!(address_of(b"bob@example.com (Bob"), "");
+        assert_eq!(address_of(b"<\"a>"), "");
+        assert_eq!(address_of(b"\"Bob\" <bob@example.com>"), "bob@example.com");
+        assert_eq!(address_of(b"bob@example.com (Bob)"), "bob@example.com");
+        // Fuzzing found the first: a group member read as `"` was written back before the group's
+        // `;`, which it then swallowed, so restricting the result again changed it.
+        for (content, envelope) in [
+            ("To:x,:\"\r\n\r\nbody\r\n", "\""),
+            ("To:g:<\"a>\r\n\r\nbody\r\n", "\"a"),
+            ("Cc:g:(c\r\n\r\nbody\r\n", "(c"),
         ] {
             let once = rewrite(content, &[envelope]);
             assert_eq!(once, format!("Bcc: {envelope}\r\n\r\nbody\r\n"));
