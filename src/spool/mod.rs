@@ -12,19 +12,26 @@
 //!   fsync, rename) after an attempt that leaves work to do and by queue commands, so a retry
 //!   rewrites only this small file. When it exists it wins over the envelope inside `.msg`.
 //! - `queue/*.tmp`: files being written; removed at start-up.
+//! - `free/<n>.free`: content files of finished messages (at most [`FREE_KEPT`]), moved here by
+//!   [`Spool::remove`] to be written over by a later message: the new content from the start, the
+//!   file cut to its length, synced, then renamed to `queue/<id>.msg`. Until then such a file
+//!   still holds the old message's bytes, under the same permissions as the queue. Taken back at
+//!   start-up. Reusing files instead of creating and deleting one per message is what the
+//!   file system charges least for (BENCHMARKS.md).
 //!
 //! Entries that cannot be read are reported by [`Spool::recover`] and moved to Badmail by the caller
 //! (`bounce::badmail`), never deleted.
 //!
-//! A message counts as accepted, and only then gets its `250`, when `<id>.msg.tmp` has been written
-//! and fsynced, renamed to `<id>.msg`, and the `queue/` directory has been fsynced: one new file,
-//! one data sync and one rename per message (the envelope used to be a second file with its own
+//! A message counts as accepted, and only then gets its `250`, when `<id>.msg.tmp` (or a kept
+//! `free/` file) has been written and fsynced, renamed to `<id>.msg`, and the `queue/` directory
+//! has been fsynced: one file, one data sync and one rename per message (the envelope used to be a second file with its own
 //! sync; creating files is what costs most on ext4, see BENCHMARKS.md). A `.tmp` was never
 //! accepted (the writer crashed before the rename) and is removed at start-up. Directory fsyncs of
 //! concurrent writers are shared (group commit): each writer waits until a directory fsync that
 //! started after its rename has finished.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -154,16 +161,29 @@ pub enum Recovered {
 pub struct Spool {
     queue_dir: PathBuf,
     dir_sync: GroupSync,
+    /// `spool/free/`: files of finished messages kept to be written over (see [`Spool::remove`]).
+    free_dir: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
 }
+
+/// Files of finished messages kept for reuse. Writing a new message over one, instead of
+/// creating a file and later deleting it, spares the file system an inode and its blocks to
+/// allocate and free per message (ext4: the inode allocator's scan past recently deleted inodes,
+/// the directory lock, and the inode write in every `fdatasync`); see BENCHMARKS.md.
+const FREE_KEPT: usize = 64;
 
 impl Spool {
     /// Opens (creating if needed) the spool below `data_dir`.
     pub fn open(data_dir: &Path) -> io::Result<Spool> {
         let queue_dir = data_dir.join("spool").join("queue");
         fs::create_dir_all(&queue_dir).map_err(|e| with_path(e, &queue_dir))?;
+        let free_dir = data_dir.join("spool").join("free");
+        fs::create_dir_all(&free_dir).map_err(|e| with_path(e, &free_dir))?;
         Ok(Spool {
             queue_dir,
             dir_sync: GroupSync::default(),
+            free_dir,
+            free: Mutex::new(Vec::new()),
         })
     }
 
@@ -187,18 +207,32 @@ impl Spool {
     /// Stores a new message durably: when this returns `Ok`, the message survives a crash.
     /// `parts` are written one after the other as the content (e.g. a trace header, then the data).
     pub fn store_new(&self, envelope: &Envelope, parts: &[&[u8]]) -> io::Result<()> {
-        let tmp = self.queue_dir.join(format!("{}.msg.tmp", envelope.id));
         let msg_path = self.msg_path(&envelope.id);
+        let json = serde_json::to_vec(envelope).map_err(io::Error::other)?;
+        let content: usize = parts.iter().map(|p| p.len()).sum();
+        let mut head = Vec::with_capacity(json.len() + 64);
+        head.extend_from_slice(HEADER_MAGIC);
+        head.extend_from_slice(json.len().to_string().as_bytes());
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(&json);
+        head.extend_from_slice(b"\r\n");
+        let total = (head.len() + content) as u64;
+        // A file of a finished message, written over from its start (and cut to this length);
+        // else a new `<id>.msg.tmp`. Either way it gets its name only once it is durable.
+        let (mut f, from) = match self.reuse_free_file() {
+            Some(pair) => pair,
+            None => {
+                let tmp = self.queue_dir.join(format!("{}.msg.tmp", envelope.id));
+                match File::create(&tmp) {
+                    Ok(f) => (f, tmp),
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let result = (|| {
-            let json = serde_json::to_vec(envelope).map_err(io::Error::other)?;
-            let content: usize = parts.iter().map(|p| p.len()).sum();
-            let mut head = Vec::with_capacity(json.len() + 64);
-            head.extend_from_slice(HEADER_MAGIC);
-            head.extend_from_slice(json.len().to_string().as_bytes());
-            head.extend_from_slice(b"\r\n");
-            head.extend_from_slice(&json);
-            head.extend_from_slice(b"\r\n");
-            let mut f = File::create(&tmp)?;
             if content <= SMALL_WRITE {
                 // One write for a small message: fewer system calls on the hot path.
                 let mut all = head;
@@ -213,17 +247,34 @@ impl Spool {
                     f.write_all(part)?;
                 }
             }
+            if f.metadata()?.len() != total {
+                f.set_len(total)?;
+            }
             f.sync_data()?;
             drop(f);
-            fs::rename(&tmp, &msg_path)?;
+            fs::rename(&from, &msg_path)?;
             self.sync_queue_dir()
         })();
         if result.is_err() {
             // Nothing was acknowledged; leave no half entry behind.
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&from);
             let _ = fs::remove_file(&msg_path);
         }
         result
+    }
+
+    /// A kept file of a finished message, opened for writing from its start.
+    fn reuse_free_file(&self) -> Option<(File, PathBuf)> {
+        loop {
+            let path = self.free.lock().expect("spool free list").pop()?;
+            match fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => return Some((f, path)),
+                Err(_) => {
+                    // Removed behind our back, or not writable: forget it.
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
     }
 
     /// Records a changed envelope (delivery state, hold, ...) durably in `<id>.env`.
@@ -278,9 +329,25 @@ impl Spool {
 
     /// Removes a finished message. The content goes first: if the relay stops between the two,
     /// what is left is an envelope without content, which recovery reports (to Badmail), never
-    /// an entry that would be delivered a second time.
+    /// an entry that would be delivered a second time. The content file is moved to `spool/free/`
+    /// to be written over by a later message while fewer than [`FREE_KEPT`] wait there; otherwise
+    /// it is deleted.
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        fs::remove_file(self.msg_path(id))?;
+        let msg = self.msg_path(id);
+        let kept = self.free.lock().expect("spool free list").len() < FREE_KEPT;
+        if kept {
+            let free = self.free_dir.join(format!("{}.free", new_queue_id()));
+            fs::rename(&msg, &free)?;
+            let mut list = self.free.lock().expect("spool free list");
+            if list.len() < FREE_KEPT {
+                list.push(free);
+            } else {
+                drop(list);
+                fs::remove_file(&free)?;
+            }
+        } else {
+            fs::remove_file(&msg)?;
+        }
         match fs::remove_file(self.env_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -292,8 +359,10 @@ impl Spool {
     pub fn recover(&self) -> io::Result<Vec<Recovered>> {
         let mut envelopes = Vec::new();
         let mut contents = Vec::new();
+        let mut queued_files = HashSet::new();
         for entry in fs::read_dir(&self.queue_dir)? {
-            let path = entry?.path();
+            let entry = entry?;
+            let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
@@ -303,8 +372,10 @@ impl Spool {
                 envelopes.push(id.to_string());
             } else if let Some(id) = name.strip_suffix(".msg") {
                 contents.push(id.to_string());
+                queued_files.insert(file_identity(&entry));
             }
         }
+        self.adopt_free_files(&queued_files)?;
         envelopes.sort();
         contents.sort();
         let mut ids: Vec<&String> = envelopes.iter().chain(contents.iter()).collect();
@@ -330,6 +401,31 @@ impl Spool {
             }
         }
         Ok(found)
+    }
+
+    /// Takes the kept files found in `spool/free/` back into the free list (beyond [`FREE_KEPT`]
+    /// they are deleted). A file that is also a queued message's (a rename cut short by a crash
+    /// on a file system without a journal can leave both names) is left alone: writing over it
+    /// or deleting it would damage that message.
+    fn adopt_free_files(&self, queued_files: &HashSet<Option<u64>>) -> io::Result<()> {
+        let mut list = self.free.lock().expect("spool free list");
+        for entry in fs::read_dir(&self.free_dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "free") || list.contains(&path) {
+                continue;
+            }
+            let identity = file_identity(&entry);
+            if identity.is_some() && queued_files.contains(&identity) {
+                continue;
+            }
+            if list.len() < FREE_KEPT {
+                list.push(path);
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
     }
 
     fn check_entry(&self, id: &str, has_env: bool) -> Result<Envelope, String> {
@@ -445,6 +541,20 @@ fn read_head(path: &Path) -> io::Result<Head> {
         header_len,
         file_len,
     })
+}
+
+/// The inode number of a directory entry (Unix); `None` where there is none to compare.
+fn file_identity(entry: &fs::DirEntry) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirEntryExt;
+        Some(entry.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = entry;
+        None
+    }
 }
 
 /// Makes a rename or a new file in `dir` durable (fsync of the directory). Windows cannot open a
@@ -651,12 +761,7 @@ mod tests {
                 .iter()
                 .any(|(id, r)| id == &truncated && r.contains("2 bytes"))
         );
-        let left: Vec<_> = fs::read_dir(spool.queue_dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        let mut left = left;
-        left.sort();
+        let left = names_in(spool.queue_dir());
         // The unreadable entries stay where they are until the caller moves them to Badmail;
         // the orphan content and the temporary file are gone.
         let mut expected = vec![
@@ -688,11 +793,7 @@ mod tests {
         let id = new_queue_id();
         let env = envelope(&id, 11);
         spool.store_new(&env, &[b"Received:", b" x"]).unwrap();
-        let names: Vec<_> = fs::read_dir(spool.queue_dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec![format!("{id}.msg")]);
+        assert_eq!(names_in(spool.queue_dir()), vec![format!("{id}.msg")]);
         assert_eq!(spool.read_content(&id).unwrap(), b"Received: x".to_vec());
         assert_eq!(spool.read_envelope(&id).unwrap(), env);
         match &spool.recover().unwrap()[..] {
@@ -764,6 +865,106 @@ mod tests {
         ] {
             assert!(split_stored(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_finished_message_file_is_written_over_by_the_next_one_and_cut_to_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let free_dir = dir.path().join("spool/free");
+        let long = new_queue_id();
+        let long_body = vec![b'L'; 10_000];
+        spool
+            .store_new(&envelope(&long, 10_000), &[&long_body])
+            .unwrap();
+        spool.remove(&long).unwrap();
+        assert!(names_in(spool.queue_dir()).is_empty());
+        let kept = names_in(&free_dir);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        #[cfg(unix)]
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(free_dir.join(&kept[0])).unwrap().ino()
+        };
+
+        // A shorter message takes that file: only its own bytes are in it, nothing of the old one.
+        let short = new_queue_id();
+        let env = envelope(&short, 5);
+        spool.store_new(&env, &[b"sh", b"ort"]).unwrap();
+        assert!(names_in(&free_dir).is_empty());
+        assert_eq!(names_in(spool.queue_dir()), vec![format!("{short}.msg")]);
+        let path = spool.queue_dir().join(format!("{short}.msg"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                fs::metadata(&path).unwrap().ino(),
+                inode,
+                "the file was reused"
+            );
+        }
+        let stored = fs::read(&path).unwrap();
+        assert!(!stored.windows(2).any(|w| w == b"LL"), "{stored:?}");
+        assert_eq!(spool.read_content(&short).unwrap(), b"short".to_vec());
+        assert_eq!(spool.read_envelope(&short).unwrap(), env);
+        match &Spool::open(dir.path()).unwrap().recover().unwrap()[..] {
+            [Recovered::Message(e)] => assert_eq!(e, &env),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn at_most_free_kept_files_wait_and_recovery_takes_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let free_dir = dir.path().join("spool/free");
+        let ids: Vec<String> = (0..FREE_KEPT + 5).map(|_| new_queue_id()).collect();
+        for id in &ids {
+            spool.store_new(&envelope(id, 4), &[b"body"]).unwrap();
+        }
+        for id in &ids {
+            spool.remove(id).unwrap();
+        }
+        assert_eq!(names_in(&free_dir).len(), FREE_KEPT);
+        assert!(names_in(spool.queue_dir()).is_empty());
+
+        // A new process takes them back and writes over them.
+        let again = Spool::open(dir.path()).unwrap();
+        assert!(again.recover().unwrap().is_empty());
+        let id = new_queue_id();
+        again.store_new(&envelope(&id, 4), &[b"next"]).unwrap();
+        assert_eq!(names_in(&free_dir).len(), FREE_KEPT - 1);
+        assert_eq!(again.read_content(&id).unwrap(), b"next".to_vec());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_kept_file_that_is_also_a_queued_message_is_never_written_over() {
+        // What a rename cut short by a crash can leave on a file system without a journal.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        let env = envelope(&id, 4);
+        spool.store_new(&env, &[b"body"]).unwrap();
+        let twin = dir.path().join("spool/free").join("X.free");
+        fs::hard_link(spool.queue_dir().join(format!("{id}.msg")), &twin).unwrap();
+
+        let again = Spool::open(dir.path()).unwrap();
+        assert_eq!(again.recover().unwrap().len(), 1);
+        let other = new_queue_id();
+        again.store_new(&envelope(&other, 4), &[b"news"]).unwrap();
+        assert_eq!(again.read_content(&id).unwrap(), b"body".to_vec());
+        assert_eq!(again.read_envelope(&id).unwrap(), env);
+        assert!(twin.exists());
     }
 
     #[test]
