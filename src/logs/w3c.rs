@@ -11,9 +11,20 @@
 //!   control character) inside a value become `+`, an empty value is `-`.
 //! - Nothing secret is logged: AUTH is logged with its mechanism only, SASL exchanges and replies to
 //!   AUTH upstream with the reply code only (the callers pass nothing else).
-//! - Logging never slows or blocks a session: lines go through a bounded channel to a writer thread
-//!   with a buffered file (flushed every second and at shutdown); when the channel is full the line
-//!   is dropped and counted ([`LogSink::dropped`]).
+//! - Logging never slows or blocks a session: a line is formatted and stamped with the time it was
+//!   logged by the caller, then pushed onto a bounded queue (a `Vec` behind a mutex held only for
+//!   the push) for a writer thread with a buffered file (flushed every second and at shutdown); when
+//!   `CAPACITY` (16 Ki) lines are already waiting, or after the writer stopped, the line is dropped and
+//!   counted ([`LogSink::dropped`]).
+//! - The writer does not wake per line: it sleeps `TICK` (50 ms, `park_timeout`), then takes the whole
+//!   queue at once and writes it; a sender that makes the queue reach a quarter of `CAPACITY`
+//!   wakes it early (once per batch), and [`LogWriter::stop`] wakes it at once. Measured: waking the
+//!   thread for every line (a blocking channel) cost about 10 % of the CPU at 2,500 messages/s
+//!   (about 10 lines each), in futex wake-ups, context switches and the thread itself.
+//! - [`LogWriter::stop`] writes every line sent before it, flushes and joins the thread. Dropping
+//!   the writer without stopping it leaves the thread running until every [`LogSink`] is gone too;
+//!   it then writes what is queued, flushes and exits.
+//! - Files rotate at midnight UTC by each line's own timestamp.
 //! - Retention: files whose name's date is more than `retention_days` days before today are deleted
 //!   at start-up and once a day (`0`: kept forever).
 
@@ -23,9 +34,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 use time::{Date, OffsetDateTime};
 
@@ -41,6 +52,10 @@ pub const OUTBOUND_RESPONSE: &str = "OutboundConnectionResponse";
 pub const OUTBOUND_COMMAND: &str = "OutboundConnectionCommand";
 /// Lines waiting for the writer; beyond this they are dropped.
 const CAPACITY: usize = 16 * 1024;
+/// A sender that makes this many lines wait wakes the writer before its [`TICK`] is over.
+const WAKE_AT: usize = CAPACITY / 4;
+/// How long the writer sleeps between batches (unless woken by [`WAKE_AT`] or a stop).
+const TICK: Duration = Duration::from_millis(50);
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// `data_dir/logs`.
@@ -131,15 +146,51 @@ pub struct LogSink {
 }
 
 struct Shared {
-    tx: SyncSender<Msg>,
+    queue: Mutex<Queue>,
     dropped: AtomicU64,
+    /// Set by [`LogWriter::stop`]: the writer writes what is queued, closes the queue and exits.
+    stop: AtomicBool,
+    /// The writer thread, to wake it early (set by [`start`] once spawned).
+    writer: OnceLock<Thread>,
     /// `s-computername`.
     computer: String,
 }
 
-enum Msg {
-    Line { at: OffsetDateTime, rest: String },
-    Stop,
+/// The lines waiting for the writer.
+#[derive(Default)]
+struct Queue {
+    lines: Vec<Line>,
+    /// Set by the writer's last drain: later lines are dropped (and counted).
+    closed: bool,
+}
+
+struct Line {
+    /// When the line was logged (its `date time` and the file it goes to).
+    at: OffsetDateTime,
+    rest: String,
+}
+
+impl Shared {
+    fn new(computer: &str) -> Self {
+        Shared {
+            queue: Mutex::new(Queue::default()),
+            dropped: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            writer: OnceLock::new(),
+            computer: computer.to_string(),
+        }
+    }
+
+    /// The queue, even if a thread panicked holding it (a push or a swap cannot leave it torn).
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_writer(&self) {
+        if let Some(writer) = self.writer.get() {
+            writer.unpark();
+        }
+    }
 }
 
 impl fmt::Debug for LogSink {
@@ -260,13 +311,24 @@ impl LogSink {
     }
 
     fn send(&self, shared: &Shared, rest: String) {
-        let msg = Msg::Line {
+        let line = Line {
             at: OffsetDateTime::now_utc(),
             rest,
         };
-        match shared.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+        let waiting = {
+            let mut queue = shared.queue();
+            if queue.closed || queue.lines.len() >= CAPACITY {
+                None
+            } else {
+                queue.lines.push(line);
+                Some(queue.lines.len())
+            }
+        };
+        match waiting {
+            // The writer takes the whole queue, so this is reached once per batch.
+            Some(WAKE_AT) => shared.wake_writer(),
+            Some(_) => {}
+            None => {
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -287,7 +349,7 @@ fn fields(values: &[&str; FIELD_COUNT - 2]) -> String {
 
 /// The writer thread; [`LogWriter::shutdown`] writes what is queued, flushes and stops it.
 pub struct LogWriter {
-    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -305,38 +367,37 @@ pub fn start(
     retention_days: u32,
 ) -> io::Result<(LogSink, LogWriter)> {
     std::fs::create_dir_all(&dir)?;
-    let (tx, rx) = sync_channel(CAPACITY);
-    let mut files = Files {
-        dir,
-        current: None,
-        retention_days,
-        cleaned_on: None,
-        failing: false,
-    };
+    let files = Files::new(dir, retention_days);
+    let shared = Arc::new(Shared::new(computer));
+    let writer = spawn_writer(Arc::clone(&shared), files)?;
+    Ok((
+        LogSink {
+            inner: Some(shared),
+        },
+        writer,
+    ))
+}
+
+/// Starts the thread that writes `shared`'s queue to `files` (retention runs first).
+fn spawn_writer(shared: Arc<Shared>, mut files: Files) -> io::Result<LogWriter> {
     files.clean_up(OffsetDateTime::now_utc().date());
+    let for_thread = Arc::clone(&shared);
     let thread = std::thread::Builder::new()
         .name("w3c-log".into())
-        .spawn(move || run(rx, files))?;
-    let sink = LogSink {
-        inner: Some(Arc::new(Shared {
-            tx: tx.clone(),
-            dropped: AtomicU64::new(0),
-            computer: computer.to_string(),
-        })),
-    };
-    Ok((
-        sink,
-        LogWriter {
-            tx,
-            thread: Some(thread),
-        },
-    ))
+        .spawn(move || run(&for_thread, files))?;
+    let _ = shared.writer.set(thread.thread().clone());
+    Ok(LogWriter {
+        shared,
+        thread: Some(thread),
+    })
 }
 
 impl LogWriter {
     /// Writes every line sent before this call, flushes and stops the thread (blocking).
     pub fn stop(mut self) {
-        let _ = self.tx.send(Msg::Stop);
+        // Release: the writer's last drain (after it reads the flag) sees every line pushed before.
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake_writer();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -348,23 +409,40 @@ impl LogWriter {
     }
 }
 
-fn run(rx: Receiver<Msg>, mut files: Files) {
+/// The writer: every [`TICK`] (or when woken) takes the whole queue and writes it; flushes and
+/// runs retention every [`FLUSH_EVERY`]; on stop (or once no sink nor writer handle is left) writes
+/// the rest, closes the queue, flushes and returns.
+fn run(shared: &Arc<Shared>, mut files: Files) {
+    let mut batch = Vec::new();
     let mut next_flush = Instant::now() + FLUSH_EVERY;
     loop {
-        let wait = next_flush.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Line { at, rest }) => files.write(at, &rest),
-            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                files.flush();
-                return;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
+        // Read before taking the queue, so the last batch holds every line sent before the stop.
+        // A count of 1 is this thread's own handle: nobody can send any more.
+        let last = shared.stop.load(Ordering::Acquire) || Arc::strong_count(shared) == 1;
+        if last {
+            // Pairs with the release of the dropped handles (`strong_count` reads relaxed).
+            fence(Ordering::Acquire);
         }
-        if Instant::now() >= next_flush {
+        {
+            let mut queue = shared.queue();
+            // The senders get the (empty) vector of the previous batch, its allocation kept.
+            std::mem::swap(&mut queue.lines, &mut batch);
+            queue.closed = last;
+        }
+        for Line { at, rest } in batch.drain(..) {
+            files.write(at, &rest);
+        }
+        if last {
+            files.flush();
+            return;
+        }
+        let now = Instant::now();
+        if now >= next_flush {
             files.flush();
             files.clean_up(OffsetDateTime::now_utc().date());
-            next_flush = Instant::now() + FLUSH_EVERY;
+            next_flush = now + FLUSH_EVERY;
         }
+        std::thread::park_timeout(TICK.min(next_flush.saturating_duration_since(now)));
     }
 }
 
@@ -379,6 +457,16 @@ struct Files {
 }
 
 impl Files {
+    fn new(dir: PathBuf, retention_days: u32) -> Self {
+        Files {
+            dir,
+            current: None,
+            retention_days,
+            cleaned_on: None,
+            failing: false,
+        }
+    }
+
     fn write(&mut self, at: OffsetDateTime, rest: &str) {
         let result = self
             .file_for(at)
@@ -465,6 +553,114 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const UPSTREAM: &str = "52.96.1.2:587";
+
+    /// `(verb, argument)` of every line of every file in `dir`, in file (date) order.
+    fn logged(dir: &Path) -> Vec<(String, String)> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(date_of_file_name)
+                    .is_some()
+            })
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            for line in std::fs::read_to_string(name).unwrap().lines() {
+                if line.starts_with('#') {
+                    continue;
+                }
+                let fields: Vec<&str> = line.split(' ').collect();
+                assert_eq!(fields.len(), FIELD_COUNT, "{line}");
+                out.push((fields[8].to_string(), fields[10].to_string()));
+            }
+        }
+        out
+    }
+
+    /// The numbers logged (as arguments) with `verb`, in file order.
+    fn numbers(lines: &[(String, String)], verb: &str) -> Vec<usize> {
+        lines
+            .iter()
+            .filter(|(v, _)| v == verb)
+            .map(|(_, n)| n.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn stop_writes_every_line_from_every_thread_once_and_in_order() {
+        const THREADS: usize = 4;
+        // At most CAPACITY lines in all: none can be dropped however late the writer runs.
+        const EACH: usize = CAPACITY / THREADS;
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, writer) = start(dir.path().to_path_buf(), "RELAY01", 0).unwrap();
+        let upstream: SocketAddr = UPSTREAM.parse().unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let sink = sink.clone();
+                scope.spawn(move || {
+                    for i in 0..EACH {
+                        sink.outbound_command(upstream, &format!("T{t}"), &i.to_string());
+                    }
+                });
+            }
+        });
+        writer.stop();
+        assert_eq!(sink.dropped(), 0);
+        let lines = logged(dir.path());
+        assert_eq!(lines.len(), THREADS * EACH);
+        for t in 0..THREADS {
+            assert_eq!(
+                numbers(&lines, &format!("T{t}")),
+                (0..EACH).collect::<Vec<_>>(),
+                "thread {t}"
+            );
+        }
+        // The writer is gone: a later line is counted, not queued.
+        sink.outbound_command(upstream, "LATE", "0");
+        assert_eq!(sink.dropped(), 1);
+        assert_eq!(logged(dir.path()).len(), THREADS * EACH);
+    }
+
+    #[test]
+    fn a_burst_beyond_capacity_is_dropped_and_counted_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Shared::new("RELAY01"));
+        let sink = LogSink {
+            inner: Some(Arc::clone(&shared)),
+        };
+        let upstream: SocketAddr = UPSTREAM.parse().unwrap();
+        // No writer yet, so nothing drains: the sends past CAPACITY must return, and be counted.
+        for i in 0..CAPACITY + 10 {
+            sink.outbound_command(upstream, "BURST", &i.to_string());
+        }
+        assert_eq!(sink.dropped(), 10);
+        let writer = spawn_writer(shared, Files::new(dir.path().to_path_buf(), 0)).unwrap();
+        writer.stop();
+        let lines = logged(dir.path());
+        assert_eq!(numbers(&lines, "BURST"), (0..CAPACITY).collect::<Vec<_>>());
+        assert_eq!(sink.dropped(), 10);
+    }
+
+    #[test]
+    fn a_writer_dropped_unstopped_writes_everything_once_the_sinks_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, mut writer) = start(dir.path().to_path_buf(), "RELAY01", 0).unwrap();
+        let thread = writer.thread.take().unwrap();
+        drop(writer);
+        for i in 0..100 {
+            sink.outbound_command(UPSTREAM.parse().unwrap(), "ORPHAN", &i.to_string());
+        }
+        drop(sink);
+        thread.join().unwrap();
+        let lines = logged(dir.path());
+        assert_eq!(numbers(&lines, "ORPHAN"), (0..100).collect::<Vec<_>>());
+    }
 
     #[test]
     fn values_are_escaped_as_iis_does() {
