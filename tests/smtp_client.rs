@@ -622,16 +622,181 @@ async fn concurrent_deliveries_respect_max_connections() {
 }
 
 #[tokio::test]
-async fn a_dropped_idle_connection_is_replaced() {
+async fn a_reused_connection_pipelines_rset_with_the_envelope() {
     let up = Upstream::start(UpstreamConfig::default()).await;
     let t = transport(&up.route(TlsMode::StartTls));
+    let first = rcpts(&["a@x.example"]);
+    let second = rcpts(&["b@x.example", "c@x.example"]);
+    assert_delivered(&t.deliver(&message(&first, TRICKY)).await[0]);
+    for r in t.deliver(&message(&second, TRICKY)).await {
+        assert_delivered(&r);
+    }
+    let got = up.wait_for_messages(2, WAIT).await;
+    assert_eq!(got.len(), 2, "each message delivered once: {got:#?}");
+    assert_eq!(got[1].recipients, second);
+    assert!(got.iter().all(|m| m.connection == 1));
+    assert_eq!(up.connections(), 1);
+
+    let commands = up.commands();
+    let rset = commands
+        .iter()
+        .position(|c| c == "RSET")
+        .expect("RSET sent");
+    let mails: Vec<usize> = (0..commands.len())
+        .filter(|&i| commands[i].starts_with("MAIL FROM:"))
+        .collect();
+    assert_eq!(mails.len(), 2, "{commands:?}");
+    assert!(mails[0] < rset && rset < mails[1], "{commands:?}");
+    assert_eq!(commands.iter().filter(|c| *c == "RSET").count(), 1);
+
+    // RSET, MAIL, both RCPT and DATA arrived in one write; the first message had no RSET.
+    let mail = format!("MAIL FROM:<scanner@contoso.example> SIZE={}", TRICKY.len());
+    let lines = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let groups = up.command_groups();
+    let reused = lines(&[
+        "RSET",
+        &mail,
+        "RCPT TO:<b@x.example>",
+        "RCPT TO:<c@x.example>",
+        "DATA",
+    ]);
+    assert!(groups.contains(&(1, reused)), "{groups:#?}");
+    let fresh = lines(&[&mail, "RCPT TO:<a@x.example>", "DATA"]);
+    assert!(groups.contains(&(1, fresh)), "{groups:#?}");
+}
+
+#[tokio::test]
+async fn a_pipelined_rset_and_its_reply_are_in_the_w3c_log() {
+    let up = Upstream::start(UpstreamConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, writer) = smarthost::logs::w3c::start(dir.path().into(), "relay.test", 0).unwrap();
+    let t = SmtpTransport::with_log(&up.route(TlsMode::StartTls), "relay.test".into(), log)
+        .expect("transport");
     let recipients = rcpts(&["a@x.example"]);
-    assert_delivered(&t.deliver(&message(&recipients, TRICKY)).await[0]);
-    // The server goes away and comes back: the idle connection is dead, RSET fails, a new one is made.
-    up.go_down().await;
-    up.go_up().await;
-    assert_delivered(&t.deliver(&message(&recipients, TRICKY)).await[0]);
-    assert_eq!(up.connections(), 2);
+    for _ in 0..2 {
+        assert_delivered(&t.deliver(&message(&recipients, TRICKY)).await[0]);
+    }
+    drop(t);
+    writer.shutdown().await;
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        text.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    let rows: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let command = |verb: &str| {
+        rows.iter().position(|r| {
+            r.contains("OutboundConnectionCommand") && r.contains(&format!(" {verb} "))
+        })
+    };
+    let rset = command("RSET").unwrap_or_else(|| panic!("RSET logged: {text}"));
+    let reply = rows
+        .iter()
+        .position(|r| r.contains("OutboundConnectionResponse") && r.contains("250+2.0.0+Reset+OK"))
+        .unwrap_or_else(|| panic!("RSET's reply logged: {text}"));
+    assert!(rset < reply, "{text}");
+    assert_eq!(
+        rows.iter().filter(|r| r.contains(" RSET ")).count(),
+        1,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn without_pipelining_rset_is_a_round_trip_of_its_own() {
+    let up = Upstream::start(UpstreamConfig {
+        pipelining: false,
+        ..Default::default()
+    })
+    .await;
+    let t = transport(&up.route(TlsMode::StartTls));
+    let recipients = rcpts(&["a@x.example"]);
+    for _ in 0..2 {
+        assert_delivered(&t.deliver(&message(&recipients, TRICKY)).await[0]);
+    }
+    assert_eq!(up.wait_for_messages(2, WAIT).await.len(), 2);
+    assert_eq!(up.connections(), 1);
+    let groups = up.command_groups();
+    assert!(
+        groups.contains(&(1, vec!["RSET".to_string()])),
+        "{groups:#?}"
+    );
+    assert!(
+        groups.iter().all(|(_, group)| group.len() == 1),
+        "{groups:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_idle_connection_is_replaced() {
+    for pipelining in [true, false] {
+        let up = Upstream::start(UpstreamConfig {
+            pipelining,
+            ..Default::default()
+        })
+        .await;
+        let t = transport(&up.route(TlsMode::StartTls));
+        let recipients = rcpts(&["a@x.example"]);
+        assert_delivered(&t.deliver(&message(&recipients, TRICKY)).await[0]);
+        // The server goes away and comes back: the idle connection is dead, RSET fails, a new one is made.
+        up.go_down().await;
+        up.go_up().await;
+        assert_delivered(&t.deliver(&message(&recipients, TRICKY)).await[0]);
+        assert_eq!(up.connections(), 2, "pipelining={pipelining}");
+        let got = up.messages();
+        assert_eq!(got.len(), 2, "pipelining={pipelining}: {got:#?}");
+        assert_eq!(got[1].connection, 2, "pipelining={pipelining}");
+    }
+}
+
+#[tokio::test]
+async fn rset_refused_on_a_reused_connection_moves_the_message_to_a_new_one() {
+    for pipelining in [true, false] {
+        for refusal in ["421 4.4.2 timeout", "554 5.5.1 No RSET for you"] {
+            let case = format!("pipelining={pipelining}, {refusal}");
+            let up = Upstream::start(UpstreamConfig {
+                pipelining,
+                ..Default::default()
+            })
+            .await;
+            // One connection at most: the refused one must give its slot back for the new one.
+            let route = SmtpRoute {
+                max_connections: 1,
+                ..up.route(TlsMode::StartTls)
+            };
+            let t = transport(&route);
+            let first = rcpts(&["a@x.example"]);
+            assert_delivered(&t.deliver(&message(&first, TRICKY)).await[0]);
+
+            up.configure(|c| c.rset_reply = Some(refusal.into()));
+            let second = rcpts(&["b@x.example", "c@x.example"]);
+            let results = t.deliver(&message(&second, TRICKY)).await;
+            assert_eq!(results.len(), 2, "{case}");
+            for r in &results {
+                assert_delivered(r);
+                assert!(!reason(r).contains("RSET"), "{case}: {r:?}");
+            }
+            let got = up.messages();
+            assert_eq!(got.len(), 2, "{case}: each message once: {got:#?}");
+            assert_eq!(got[1].recipients, second, "{case}");
+            assert_eq!(got[1].connection, 2, "{case}");
+            assert_eq!(up.connections(), 2, "{case}");
+            // The new connection sent no RSET; nothing after RSET's refusal went to the old one
+            // but (pipelined) the rest of its group.
+            let groups = up.command_groups();
+            assert!(
+                groups
+                    .iter()
+                    .filter(|(connection, _)| *connection == 2)
+                    .all(|(_, group)| !group.contains(&"RSET".to_string())),
+                "{case}: {groups:#?}"
+            );
+            assert_eq!(
+                up.commands().iter().filter(|c| *c == "RSET").count(),
+                1,
+                "{case}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -12,6 +12,12 @@
 //!   the relay's configuration or network, not about the message.
 //! - After a clean transaction the connection is kept for [`IDLE_REUSE`] and reused (after RSET) by the
 //!   next delivery on the route, as Postfix's connection cache does; otherwise it is closed with QUIT.
+//!   With PIPELINING the RSET goes in the same write as MAIL, RCPT and DATA (no round trip of its
+//!   own); without it, it is a round trip before MAIL. New connections send no RSET.
+//! - A reused connection that fails its RSET (write error, lost, any non-2xx reply such as `421`) costs
+//!   the message nothing: no recipient is decided from it, it is closed without QUIT (it may be in DATA
+//!   after a pipelined group) and the message goes to the next idle connection, else a new one. Each
+//!   retry uses up an idle connection and a new connection owes no RSET, so the retries end.
 //! - XOAUTH2: a 5xx to AUTH drops the access token and the connection; one more connection with a new
 //!   token follows at once (tokens can be revoked or refused before they expire). A second refusal
 //!   defers the recipients with the upstream's reply.
@@ -123,14 +129,26 @@ impl SmtpTransport {
         let span =
             tracing::info_span!("smtp", queue_id = msg.queue_id, host = %self.upstream.route.host);
         async {
-            let (mut conn, permit) = match self.checkout().await {
-                Ok(pair) => pair,
-                Err(failure) => {
-                    info!("{}", failure.reason);
-                    return vec![failure.result(); msg.recipients.len()];
+            let (conn, permit, tx) = loop {
+                let (mut conn, permit, reused) = match self.checkout().await {
+                    Ok(checked_out) => checked_out,
+                    Err(failure) => {
+                        info!("{}", failure.reason);
+                        return vec![failure.result(); msg.recipients.len()];
+                    }
+                };
+                match conn.send_transaction(msg, reused).await {
+                    Ok(tx) => break (conn, permit, tx),
+                    Err(stale) => {
+                        // Only a reused (idle) connection can be stale, and each one is taken from
+                        // the pool once: this loop ends at the latest with a new connection.
+                        debug_assert!(reused, "a new connection owes no RSET");
+                        debug!("idle connection not reusable: {}", stale.reason);
+                        conn.abandon();
+                        drop(permit);
+                    }
                 }
             };
-            let tx = conn.send_transaction(msg).await;
             if tx.reusable && permit.keep_idle() {
                 self.park(conn, permit);
             } else {
@@ -157,8 +175,10 @@ impl SmtpTransport {
         }
     }
 
-    /// An idle connection that still answers RSET, or a new one once a slot is free.
-    async fn checkout(&self) -> Result<(Connection, Permit), connection::Failure> {
+    /// An idle connection, or a new one once a slot is free; true for an idle one, which owes the
+    /// upstream an RSET before its next transaction ([`Connection::send_transaction`] sends it,
+    /// pipelined when it can).
+    async fn checkout(&self) -> Result<(Connection, Permit, bool), connection::Failure> {
         loop {
             // Registered before looking, so a connection parked in between wakes us.
             let parked = self.idle.parked.notified();
@@ -166,7 +186,7 @@ impl SmtpTransport {
             parked.as_mut().enable();
             while let Some(idle) = self.idle.take() {
                 let Idle {
-                    mut conn,
+                    conn,
                     permit,
                     since,
                     ..
@@ -178,18 +198,13 @@ impl SmtpTransport {
                     });
                     continue;
                 }
-                match conn.reset().await {
-                    Ok(()) => {
-                        debug!("reusing connection {conn:?}");
-                        return Ok((conn, permit));
-                    }
-                    Err(failure) => debug!("idle connection not reusable: {}", failure.reason),
-                }
+                debug!("reusing connection {conn:?}");
+                return Ok((conn, permit, true));
             }
             tokio::select! {
                 permit = self.acquire_slot() => {
                     let conn = self.connect().await?;
-                    return Ok((conn, permit));
+                    return Ok((conn, permit, false));
                 }
                 () = &mut parked => continue,
             }

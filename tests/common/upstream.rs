@@ -11,8 +11,9 @@
 //!
 //! By default it offers PIPELINING, SIZE, 8BITMIME and STARTTLS, and AUTH PLAIN LOGIN after TLS when
 //! credentials are set. Replies can be scripted per recipient, for MAIL, for the end of DATA and for the
-//! greeting; the configuration can be changed while it runs ([`Upstream::configure`]), and the server can
+//! greeting (and RSET: `rset_reply`); the configuration can be changed while it runs ([`Upstream::configure`]), and the server can
 //! be taken down and brought back on the same port ([`Upstream::go_down`], [`Upstream::go_up`]).
+//! [`Upstream::command_groups`] shows which commands arrived together (pipelined in one write).
 //!
 //! Exchange Online behaviour (client submission, `smtp.office365.com`), each an option:
 //! - AUTH XOAUTH2 ([`UpstreamConfig::with_xoauth2`]): the bearer token must be in a [`ValidTokens`] set
@@ -71,6 +72,8 @@ pub struct UpstreamConfig {
     pub rcpt_replies: HashMap<String, String>,
     /// Replaces the reply after the message content.
     pub data_reply: Option<String>,
+    /// Replaces the reply to RSET (e.g. `421 4.4.2 timeout`); a non-2xx reply keeps the transaction.
+    pub rset_reply: Option<String>,
     /// Close the connection after `354`, in the middle of the content.
     pub close_during_data: bool,
     /// Offer and accept AUTH XOAUTH2 with these tokens; `None`: XOAUTH2 is not offered.
@@ -167,6 +170,7 @@ impl Default for UpstreamConfig {
             mail_reply: None,
             rcpt_replies: HashMap::new(),
             data_reply: None,
+            rset_reply: None,
             close_during_data: false,
             xoauth2_tokens: None,
             xoauth2_users: Vec::new(),
@@ -241,6 +245,8 @@ struct State {
     messages: Mutex<Vec<ReceivedMessage>>,
     /// Every command line received, in order over all connections.
     commands: Mutex<Vec<String>>,
+    /// The same with its connection, and whether more had already been received after it.
+    arrivals: Mutex<Vec<(u64, String, bool)>>,
     connections: AtomicU64,
     sessions: Mutex<Vec<AbortHandle>>,
     received: tokio::sync::Notify,
@@ -275,6 +281,7 @@ impl Upstream {
             client_certs: Mutex::new(Vec::new()),
             messages: Mutex::new(Vec::new()),
             commands: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
             sessions: Mutex::new(Vec::new()),
             received: tokio::sync::Notify::new(),
@@ -353,6 +360,31 @@ impl Upstream {
 
     pub fn commands(&self) -> Vec<String> {
         self.state.commands.lock().unwrap().clone()
+    }
+
+    /// The commands of each connection as they arrived, in groups: a group ends with a command after
+    /// which nothing more had been received (the client waited for replies). Pipelined commands sent
+    /// in one write form one group: `(connection, ["RSET", "MAIL FROM:<..>", "RCPT TO:<..>", "DATA"])`.
+    pub fn command_groups(&self) -> Vec<(u64, Vec<String>)> {
+        let mut groups: Vec<(u64, Vec<String>)> = Vec::new();
+        // Per connection, the index of its group still open (the last command had more after it).
+        let mut open: HashMap<u64, usize> = HashMap::new();
+        for (connection, line, more) in self.state.arrivals.lock().unwrap().iter() {
+            let index = match open.get(connection) {
+                Some(&index) => index,
+                None => {
+                    groups.push((*connection, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[index].1.push(line.clone());
+            if *more {
+                open.insert(*connection, index);
+            } else {
+                open.remove(connection);
+            }
+        }
+        groups
     }
 
     /// Connections accepted so far.
@@ -647,6 +679,11 @@ impl Session {
     ) -> std::io::Result<Next> {
         while let Some(line) = read_line(io).await? {
             self.state.commands.lock().unwrap().push(line.clone());
+            self.state.arrivals.lock().unwrap().push((
+                self.id,
+                line.clone(),
+                !io.buffer().is_empty(),
+            ));
             let config = self.config();
             let (verb, arg) = line.split_once(' ').unwrap_or((&line, ""));
             match verb.to_ascii_uppercase().as_str() {
@@ -831,8 +868,14 @@ impl Session {
                     self.reply(io, &answer).await?;
                 }
                 "RSET" => {
-                    self.tx = None;
-                    self.reply(io, "250 2.0.0 Reset OK").await?;
+                    let answer = config
+                        .rset_reply
+                        .clone()
+                        .unwrap_or_else(|| "250 2.0.0 Reset OK".into());
+                    if answer.starts_with('2') {
+                        self.tx = None;
+                    }
+                    self.reply(io, &answer).await?;
                 }
                 "NOOP" => self.reply(io, "250 2.0.0 OK").await?,
                 "QUIT" => {

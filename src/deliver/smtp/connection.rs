@@ -1,6 +1,9 @@
 //! One SMTP client connection to an upstream: set up by [`Connection::connect`] (see `setup`), then
-//! any number of mail transactions ([`Connection::send_transaction`], separated by
-//! [`Connection::reset`]), then [`Connection::quit`].
+//! any number of mail transactions ([`Connection::send_transaction`]), each after the first preceded
+//! by RSET, then [`Connection::quit`]. With PIPELINING the RSET goes in the same write as MAIL, RCPT
+//! and DATA (RFC 2920 allows it anywhere in a group); without it, [`Connection::reset`] is a round
+//! trip of its own. Either way a connection that does not answer RSET with 2xx is [`Stale`]: nothing
+//! is decided from it, and the caller closes it and sends the message on another one.
 //!
 //! Every reason written here or in `setup` names the upstream as `host[ip]:port`, the command and the
 //! reply, with the explanation from [`explain`] when there is one.
@@ -73,6 +76,29 @@ impl Failure {
     }
 }
 
+/// A reused connection that turned out dead or unwilling at RSET (write error, lost connection, a
+/// non-2xx reply such as `421`): no recipient was decided on it, and it may be in any state (even
+/// DATA, if the upstream refused a pipelined RSET but took MAIL, RCPT and DATA), so it must be closed
+/// without sending anything more and the message sent on another connection.
+#[derive(Debug)]
+pub(crate) struct Stale {
+    pub(crate) reason: String,
+}
+
+/// Why a transaction stopped early.
+enum Abort {
+    /// The RSET of a reused connection failed: see [`Stale`].
+    Stale(String),
+    /// A failure that applies to every recipient not yet decided.
+    Failed(Failure),
+}
+
+impl From<Failure> for Abort {
+    fn from(failure: Failure) -> Self {
+        Abort::Failed(failure)
+    }
+}
+
 /// The outcome of one mail transaction.
 #[derive(Debug)]
 pub(crate) struct Transaction {
@@ -113,30 +139,51 @@ impl Connection {
         matches!(self.wire.stream(), Stream::Tls(_))
     }
 
-    /// Sends one message. Never fails as a whole: connection problems become `Deferred` results for
-    /// every recipient not decided before them.
-    pub(crate) async fn send_transaction(&mut self, msg: &OutboundMessage<'_>) -> Transaction {
+    /// Sends one message; `reused`: the connection carried a transaction before and owes the
+    /// upstream an RSET first (pipelined with the envelope when PIPELINING is offered).
+    ///
+    /// Connection problems become `Deferred` results for every recipient not decided before them;
+    /// the only error is [`Stale`], when the RSET of a reused connection fails (nothing decided).
+    pub(crate) async fn send_transaction(
+        &mut self,
+        msg: &OutboundMessage<'_>,
+        reused: bool,
+    ) -> Result<Transaction, Stale> {
         let n = msg.recipients.len();
         if let Some(reason) = self.cannot_carry(msg) {
+            // Nothing sent: a reused connection still owes its RSET, and gets it with the next message.
             info!(upstream = %self.peer, "{reason}");
-            return Transaction {
+            return Ok(Transaction {
                 results: vec![RecipientResult::Failed { reason }; n],
                 reusable: true,
-            };
+            });
+        }
+        let rset_first = reused && self.ext.pipelining;
+        if reused
+            && !rset_first
+            && let Err(failure) = self.reset().await
+        {
+            return Err(Stale {
+                reason: failure.reason,
+            });
         }
         let mut tx = TransactionState {
             decided: vec![None; n],
             accepted: Vec::with_capacity(n),
             reusable: true,
         };
-        if let Err(failure) = self.transaction(msg, &mut tx).await {
-            info!(upstream = %self.peer, "{}", failure.reason);
-            tx.reusable = false;
-            for slot in tx.decided.iter_mut().filter(|slot| slot.is_none()) {
-                *slot = Some(failure.result());
+        match self.transaction(msg, &mut tx, rset_first).await {
+            Ok(()) => {}
+            Err(Abort::Stale(reason)) => return Err(Stale { reason }),
+            Err(Abort::Failed(failure)) => {
+                info!(upstream = %self.peer, "{}", failure.reason);
+                tx.reusable = false;
+                for slot in tx.decided.iter_mut().filter(|slot| slot.is_none()) {
+                    *slot = Some(failure.result());
+                }
             }
         }
-        Transaction {
+        Ok(Transaction {
             results: tx
                 .decided
                 .into_iter()
@@ -148,7 +195,7 @@ impl Connection {
                 })
                 .collect(),
             reusable: tx.reusable,
-        }
+        })
     }
 
     /// A message the upstream cannot take whatever we do: fail it before sending anything.
@@ -169,11 +216,14 @@ impl Connection {
         }
     }
 
+    /// `rset_first`: a reused connection with PIPELINING; RSET leads the pipelined group and any
+    /// failure up to and including its reply is [`Abort::Stale`].
     async fn transaction(
         &mut self,
         msg: &OutboundMessage<'_>,
         tx: &mut TransactionState,
-    ) -> Result<(), Failure> {
+        rset_first: bool,
+    ) -> Result<(), Abort> {
         let mail = format!("MAIL FROM:<{}>", msg.sender);
         let mut mail_line = mail.clone();
         if self.ext.size.is_some() {
@@ -197,8 +247,14 @@ impl Connection {
         let pipelining = self.ext.pipelining;
 
         if pipelining {
-            // RFC 2920: MAIL, every RCPT and DATA in one write; the replies come back in order.
+            // RFC 2920: MAIL, every RCPT and DATA in one write (after RSET on a reused connection:
+            // it may appear anywhere in a group); the replies come back in order.
             let mut batch = String::new();
+            if rset_first {
+                debug!(upstream = %self.peer, "C: RSET");
+                self.wire.log_command("RSET");
+                batch.push_str("RSET\r\n");
+            }
             for line in std::iter::once(&mail_line).chain(&rcpts) {
                 debug!(upstream = %self.peer, "C: {line}");
                 self.wire.log_command(line);
@@ -208,7 +264,22 @@ impl Connection {
             debug!(upstream = %self.peer, "C: DATA");
             self.wire.log_command("DATA");
             batch.push_str("DATA\r\n");
-            self.write(batch.as_bytes(), &mail).await?;
+            if rset_first {
+                self.write(batch.as_bytes(), "RSET")
+                    .await
+                    .map_err(|failure| Abort::Stale(failure.reason))?;
+                // The reply to RSET first; anything but 2xx and the rest of the group is not ours
+                // to read: the upstream may have taken MAIL, RCPT and even DATA after refusing RSET.
+                let reply = self
+                    .read(Stage::Rset, "RSET")
+                    .await
+                    .map_err(|failure| Abort::Stale(failure.reason))?;
+                if !reply.is_positive() {
+                    return Err(Abort::Stale(said(&self.peer, &reply, Stage::Rset, "RSET")));
+                }
+            } else {
+                self.write(batch.as_bytes(), &mail).await?;
+            }
         } else {
             self.send(&mail_line, &mail).await?;
         }
@@ -298,6 +369,12 @@ impl Connection {
                 "RSET",
             )))
         }
+    }
+
+    /// Closes a [`Stale`] connection at once: no QUIT (it may be in DATA, or dead), nothing more sent.
+    pub(crate) fn abandon(self) {
+        debug!(upstream = %self.peer, "closed without QUIT");
+        drop(self);
     }
 
     /// QUIT, wait briefly for the answer, close. Errors do not matter any more.
