@@ -383,6 +383,8 @@ async fn delete_removes_the_message_from_the_queue_and_the_spool() {
         "{:?}",
         relay.spool_files(&id)
     );
+    // Deleted, not kept to be written over by a later message (`spool/free/`).
+    assert!(dir_is_empty(&relay.data_dir().join("spool/free")));
     // No bounce for a deleted message.
     assert!(
         !relay.data_dir().join("outbox").exists() || dir_is_empty(&relay.data_dir().join("outbox"))

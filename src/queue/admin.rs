@@ -215,7 +215,7 @@ impl Queue {
         let envelope = self.take_for_change(id)?;
         let spool = self.inner.store.spool().clone();
         let remove_id = id.to_string();
-        let removed = tokio::task::spawn_blocking(move || spool.remove(&remove_id))
+        let removed = tokio::task::spawn_blocking(move || spool.delete(&remove_id))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);

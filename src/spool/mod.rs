@@ -333,8 +333,18 @@ impl Spool {
     /// to be written over by a later message while fewer than [`FREE_KEPT`] wait there; otherwise
     /// it is deleted.
     pub fn remove(&self, id: &str) -> io::Result<()> {
+        self.remove_entry(id, true)
+    }
+
+    /// Removes a message an administrator deleted: like [`Spool::remove`], but its file is deleted
+    /// at once, never kept to be written over (its bytes should not linger in `spool/free/`).
+    pub fn delete(&self, id: &str) -> io::Result<()> {
+        self.remove_entry(id, false)
+    }
+
+    fn remove_entry(&self, id: &str, may_keep: bool) -> io::Result<()> {
         let msg = self.msg_path(id);
-        let kept = self.free.lock().expect("spool free list").len() < FREE_KEPT;
+        let kept = may_keep && self.free.lock().expect("spool free list").len() < FREE_KEPT;
         if kept {
             let free = self.free_dir.join(format!("{}.free", new_queue_id()));
             fs::rename(&msg, &free)?;
@@ -920,6 +930,18 @@ mod tests {
             [Recovered::Message(e)] => assert_eq!(e, &env),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_message_an_administrator_deletes_is_not_kept_for_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        spool.store_new(&envelope(&id, 6), &[b"secret"]).unwrap();
+        spool.update(&envelope(&id, 6)).unwrap();
+        spool.delete(&id).unwrap();
+        assert!(names_in(spool.queue_dir()).is_empty());
+        assert!(names_in(&dir.path().join("spool/free")).is_empty());
     }
 
     #[test]
