@@ -157,18 +157,7 @@ relay_from = ["127.0.0.1"]
 [queue]
 retry = ["1s"]
 max_concurrent_deliveries = 20
-[[route]]
-name = "m365"
-domains = ["*"]
-host = "127.0.0.1"
-port = {port}
-tls = "starttls"
-ca_file = "{ca}"
-[route.auth]
-mechanism = "login"
-username = "{USER}"
-password_file = "{pass}"
-[route.limits]
+{route}[route.limits]
 message_rate = "{MESSAGES}/{window}s"
 max_connections = {CONNECTIONS}
 throttle_backoff = "2s"
@@ -184,9 +173,7 @@ address = "127.0.0.1:{admin}"
 token_file = "{token}"
 "#,
                 data = data.display(),
-                port = upstream.port(),
-                ca = upstream.ca_path().display(),
-                pass = pass.display(),
+                route = upstream.route_toml("m365", "", USER, &pass),
                 window = WINDOW.as_secs(),
                 redis = redis.url(),
                 redis_pass = redis_pass.display(),

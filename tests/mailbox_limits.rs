@@ -28,24 +28,11 @@ relay_from = ["127.0.0.1"]
 [queue]
 retry = ["1s"]
 max_concurrent_deliveries = 20
-[[route]]
-name = "m365"
-domains = ["*"]
-host = "127.0.0.1"
-port = {port}
-tls = "starttls"
-ca_file = "{ca}"
-[route.auth]
-mechanism = "login"
-username = "{USER}"
-password_file = "{pass}"
-[route.limits]
+{route}[route.limits]
 {limits}
 "#,
         data = dir.display(),
-        port = upstream.port(),
-        ca = upstream.ca_path().display(),
-        pass = pass.display(),
+        route = upstream.route_toml("m365", "", USER, &pass),
     );
     start(load_str(&text, "test.toml").expect("config"))
         .await

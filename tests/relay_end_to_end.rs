@@ -29,25 +29,14 @@ address = "127.0.0.1:0"
 relay_from = ["127.0.0.1"]
 [queue]
 {queue}
-[[route]]
-name = "upstream"
-domains = ["*"]
-transport = "smtp"
-host = "127.0.0.1"
-port = {port}
-tls = "starttls"
-ca_file = "{ca}"
-connect_timeout = "2s"
-command_timeout = "5s"
-[route.auth]
-mechanism = "login"
-username = "{USER}"
-password_file = "{pass}"
-"#,
+{route}"#,
         data = data_dir.display(),
-        port = upstream.port(),
-        ca = upstream.ca_path().display(),
-        pass = password_file.display(),
+        route = upstream.route_toml(
+            "upstream",
+            "transport = \"smtp\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"5s\"",
+            USER,
+            &password_file,
+        ),
     )
 }
 

@@ -311,6 +311,40 @@ impl Upstream {
         self.pki.ca_path()
     }
 
+    /// The TOML of a `[[route]]` named `name` that sends every domain to this server by IP address
+    /// with STARTTLS, trusting its CA, then `route_lines` (more keys of the route, e.g. `transport`
+    /// or timeouts; may be empty), then `[route.auth]`: AUTH LOGIN as `username` with the password
+    /// in `password_file`. Ends with a newline, so more tables (`[route.limits]`, ...) can follow.
+    pub fn route_toml(
+        &self,
+        name: &str,
+        route_lines: &str,
+        username: &str,
+        password_file: &std::path::Path,
+    ) -> String {
+        let route_lines = match route_lines.trim() {
+            "" => String::new(),
+            lines => format!("{lines}\n"),
+        };
+        format!(
+            r#"[[route]]
+name = "{name}"
+domains = ["*"]
+host = "127.0.0.1"
+port = {port}
+tls = "starttls"
+ca_file = "{ca}"
+{route_lines}[route.auth]
+mechanism = "login"
+username = "{username}"
+password_file = "{pass}"
+"#,
+            port = self.port(),
+            ca = self.ca_path().display(),
+            pass = password_file.display(),
+        )
+    }
+
     /// A route to this server by IP address, trusting its CA, without credentials.
     pub fn route(&self, tls: TlsMode) -> SmtpRoute {
         SmtpRoute {
