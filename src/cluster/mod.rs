@@ -131,10 +131,10 @@ impl View {
         lock(&self.state).local.clone()
     }
 
-    /// The other nodes' messages still in a window of `per` at `now` (our clock), oldest first.
-    pub fn others_messages(&self, now: u64, per: Duration) -> Vec<u64> {
+    /// The other nodes' messages still in a window of `window` ms ([`crate::config::Rate::window_millis`])
+    /// at `now` (our clock), oldest first.
+    pub fn others_messages(&self, now: u64, window: u64) -> Vec<u64> {
         let state = lock(&self.state);
-        let window = per.as_millis() as u64;
         state
             .others_messages
             .iter()
@@ -535,10 +535,10 @@ impl Cluster {
     ) -> Option<Result<(), (u64, String)>> {
         let (mc, mw) = limits
             .message_rate
-            .map_or((0, 0), |r| (r.count, r.per.as_millis() as u64));
+            .map_or((0, 0), |r| (r.count, r.window_millis()));
         let (rc, rw) = limits
             .recipient_rate
-            .map_or((0, 0), |r| (r.count, r.per.as_millis() as u64));
+            .map_or((0, 0), |r| (r.count, r.window_millis()));
         let mut invocation = self.inner.scripts.reserve.prepare_invoke();
         invocation
             .key(scripts::key(&view.key, "msgs"))
@@ -638,10 +638,8 @@ impl Cluster {
                     .collect::<Vec<_>>(),
             )
         };
-        let mw = limits.message_rate.map_or(0, |r| r.per.as_millis() as u64);
-        let rw = limits
-            .recipient_rate
-            .map_or(0, |r| r.per.as_millis() as u64);
+        let mw = limits.message_rate.map_or(0, |r| r.window_millis());
+        let rw = limits.recipient_rate.map_or(0, |r| r.window_millis());
         let instance = &self.inner.instance;
         let mut invocation = self.inner.scripts.sync.prepare_invoke();
         invocation

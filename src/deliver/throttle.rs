@@ -266,7 +266,7 @@ impl MailboxThrottle {
 
     fn prune(&self, state: &mut State, now_millis: u64) {
         if let Some(rate) = self.limits.message_rate {
-            let window = rate.per.as_millis() as u64;
+            let window = rate.window_millis();
             while state
                 .messages
                 .front()
@@ -276,7 +276,7 @@ impl MailboxThrottle {
             }
         }
         if let Some(rate) = self.limits.recipient_rate {
-            let window = rate.per.as_millis() as u64;
+            let window = rate.window_millis();
             while state
                 .recipients
                 .front()
@@ -413,11 +413,11 @@ impl MailboxThrottle {
         );
         let (own_messages, own_recipients) = local.entries(now_millis);
         if let Some(rate) = self.limits.message_rate {
-            let others = view.others_messages(now_millis, rate.per);
+            let others = view.others_messages(now_millis, rate.window_millis());
             if own_messages.len() + others.len() >= rate.count as usize {
                 let until = others
                     .first()
-                    .map_or(now_millis + 100, |&at| at + rate.per.as_millis() as u64);
+                    .map_or(now_millis + 100, |&at| at + rate.window_millis());
                 return Err(Wait {
                     until_millis: until.max(now_millis + 1),
                     reason: format!(
@@ -479,7 +479,7 @@ impl MailboxThrottle {
             });
         }
         if let Some(rate) = self.limits.message_rate {
-            let window = rate.per.as_millis() as u64;
+            let window = rate.window_millis();
             while state
                 .messages
                 .front()
@@ -500,7 +500,7 @@ impl MailboxThrottle {
             }
         }
         if let Some(rate) = self.limits.recipient_rate {
-            let window = rate.per.as_millis() as u64;
+            let window = rate.window_millis();
             while state
                 .recipients
                 .front()
@@ -639,15 +639,31 @@ mod tests {
                 .complete(start + i * 100 + 50);
         }
         let wait = t.reserve(1, start + 5_000).unwrap_err();
-        // The first one ended at start+50: the window frees one minute later.
-        assert_eq!(wait.until_millis, start + 50 + 60_000);
+        // The first one ended at start+50: the window frees one minute later (and the 121 ms
+        // margin for the upstream's clock, `Rate::window_millis`).
+        assert_eq!(wait.until_millis, start + 50 + 60_000 + 121);
         assert!(
             wait.reason.contains("limit of messages: 30 per 1m"),
             "{}",
             wait.reason
         );
-        assert!(t.reserve(1, start + 60_049).is_err());
-        assert!(t.reserve(1, start + 60_050).is_ok());
+        assert!(t.reserve(1, start + 60_170).is_err());
+        assert!(t.reserve(1, start + 60_171).is_ok());
+    }
+
+    #[test]
+    fn a_rate_counts_a_message_a_little_longer_than_its_window() {
+        let rate = |per| Rate { count: 1, per };
+        assert_eq!(rate(Duration::from_secs(1)).window_millis(), 1_003);
+        assert_eq!(rate(Duration::from_secs(60)).window_millis(), 60_121);
+        // A 5/1s mailbox: the sixth message may go 1,003 ms after the first ended, not at 1,000
+        // (the upstream stamped it earlier, in finer time).
+        let t = throttle(Some((5, 1)), None);
+        for i in 0..5 {
+            t.reserve(1, i).unwrap().complete(i);
+        }
+        assert!(t.reserve(1, 1_002).is_err());
+        assert!(t.reserve(1, 1_003).is_ok());
     }
 
     #[test]
@@ -656,7 +672,11 @@ mod tests {
         let r = t.reserve(1, 0).unwrap();
         // A slow transaction: the upstream saw it at 3 s.
         r.complete(3_000);
-        assert_eq!(t.reserve(1, 10_000).unwrap_err().until_millis, 13_000);
+        assert_eq!(
+            t.reserve(1, 10_000).unwrap_err().until_millis,
+            13_000 + 21,
+            "10 s after the end, and the margin"
+        );
     }
 
     #[test]
@@ -666,7 +686,11 @@ mod tests {
         t.reserve(6_000, 0).unwrap().complete(0);
         t.reserve(3_000, 1_000).unwrap().complete(1_000);
         let wait = t.reserve(2_000, 2_000).unwrap_err();
-        assert_eq!(wait.until_millis, day, "6,000 leave the window after a day");
+        assert_eq!(
+            wait.until_millis,
+            day + 1 + day / 500,
+            "6,000 leave the window after a day (and the margin)"
+        );
         assert!(
             t.reserve(1_000, 2_000).is_ok(),
             "exactly at the limit is allowed"
