@@ -11,6 +11,7 @@
 //! client certificates, OAuth certificates: expiry, key pair, names), SPF of Direct Send and
 //! connector senders, and every route's upstream as `smarthost test upstream` tests it (nothing sent).
 
+use super::date;
 use super::upstream::{self, Options as UpstreamOptions, Verdict};
 use crate::config::{Config, M365Mode, OAuthGrant, Transport};
 use std::net::{IpAddr, SocketAddr};
@@ -621,14 +622,6 @@ fn unix(t: SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-fn date(unix: i64) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| unix.to_string())
 }
 
 /// The sender domains of Direct Send and connector routes, with the route.

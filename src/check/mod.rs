@@ -11,3 +11,12 @@ pub mod doctor;
 pub mod mx;
 pub mod spf;
 pub mod upstream;
+
+/// A Unix time as `2026-11-29` (certificate dates in `check`, `doctor` and `test upstream`).
+pub(crate) fn date(unix: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| unix.to_string())
+}

@@ -13,6 +13,7 @@
 //!
 //! `check::doctor` runs [`test_route`] for every route.
 
+use super::date;
 use crate::config::{
     AuthMechanism, Config, Credential, DomainPattern, GraphRoute, M365Mode, RouteConfig, SmtpRoute,
     TlsMode, Transport,
@@ -41,6 +42,13 @@ pub enum Verdict {
     Skip,
     Warn,
     Fail,
+}
+
+impl Verdict {
+    /// How the advice of a finding with this verdict is labelled in the text reports.
+    pub fn advice_label(self) -> &'static str {
+        if self == Verdict::Fail { "fix" } else { "note" }
+    }
 }
 
 impl fmt::Display for Verdict {
@@ -608,14 +616,7 @@ impl SmtpTest<'_> {
         match result {
             Ok(Ok(tls)) => {
                 let (_, session) = tls.get_ref();
-                let version = session
-                    .protocol_version()
-                    .map(|v| format!("{v:?}"))
-                    .unwrap_or_default();
-                let cipher = session
-                    .negotiated_cipher_suite()
-                    .map(|s| format!("{:?}", s.suite()))
-                    .unwrap_or_default();
+                let (version, cipher) = crate::deliver::smtp::tls::negotiated(session);
                 let detail = format!("{version}, {cipher}; {cert_text}; chain: verified");
                 match cert.as_ref().map(|c| c.days_left) {
                     Some(days) if days < 14 => self.run.warn(
@@ -1281,14 +1282,6 @@ fn describe_certificate(der: &CertificateDer<'_>, now: SystemTime) -> Option<Cer
         not_after,
         sans,
     })
-}
-
-fn date(unix: i64) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| unix.to_string())
 }
 
 /// Why the chain was not verified, and what to do: (the verdict, the fix).

@@ -5,7 +5,7 @@
 
 use crate::check::dns::DnsResolver;
 use crate::check::spf::{self, SpfResult};
-use crate::check::{cert, dnsbl, mx};
+use crate::check::{cert, date, dnsbl, mx};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -85,15 +85,9 @@ pub fn run(command: CheckCommand) -> u8 {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("smarthost: cannot start the runtime: {e}");
-            return 2;
-        }
+    let runtime = match super::runtime() {
+        Some(r) => r,
+        None => return 2,
     };
     runtime.block_on(async {
         let server = match &command {
@@ -362,12 +356,4 @@ pub fn cert_report(
         "(The private key is not checked here: check-config checks the pair of a route's files.)"
     );
     Ok((out, ok))
-}
-
-fn date(unix: i64) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| unix.to_string())
 }

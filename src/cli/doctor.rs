@@ -34,15 +34,9 @@ pub fn run(args: &DoctorArgs) -> u8 {
         public_ip: args.public_ip,
         no_connect: args.no_connect,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("smarthost: cannot start the runtime: {e}");
-            return 2;
-        }
+    let runtime = match super::runtime() {
+        Some(r) => r,
+        None => return 2,
     };
     let findings = runtime.block_on(doctor::run(&options));
     if args.json {
@@ -92,11 +86,7 @@ pub fn render(findings: &[Finding]) -> String {
             f.detail
         );
         if let Some(fix) = &f.fix {
-            let label = if f.verdict == Verdict::Fail {
-                "fix"
-            } else {
-                "note"
-            };
+            let label = f.verdict.advice_label();
             let _ = writeln!(
                 out,
                 "{:<4}  {:<area_w$}  {:<check_w$}  {label}: {fix}",

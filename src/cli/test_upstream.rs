@@ -58,15 +58,9 @@ pub fn run(command: TestCommand) -> u8 {
         to: args.to.clone(),
         send: args.send,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("smarthost: cannot start the runtime: {e}");
-            return 2;
-        }
+    let runtime = match super::runtime() {
+        Some(r) => r,
+        None => return 2,
     };
     let report = runtime.block_on(upstream::test_route(route, &options));
     if args.json {
@@ -126,11 +120,7 @@ pub fn render(report: &Report) -> String {
             step.detail
         );
         if let Some(fix) = &step.fix {
-            let label = if step.verdict == Verdict::Fail {
-                "fix"
-            } else {
-                "note"
-            };
+            let label = step.verdict.advice_label();
             let _ = writeln!(
                 out,
                 "  {:<4}  {:<width$}  {:>8}  {label}: {fix}",

@@ -219,12 +219,12 @@ impl Spool {
         let total = (head.len() + content) as u64;
         // A file of a finished message, written over from its start (and cut to this length);
         // else a new `<id>.msg.tmp`. Either way it gets its name only once it is durable.
-        let (mut f, from) = match self.reuse_free_file() {
-            Some(pair) => pair,
+        let (mut f, from, reused) = match self.reuse_free_file() {
+            Some((f, path)) => (f, path, true),
             None => {
                 let tmp = self.queue_dir.join(format!("{}.msg.tmp", envelope.id));
                 match File::create(&tmp) {
-                    Ok(f) => (f, tmp),
+                    Ok(f) => (f, tmp, false),
                     Err(e) => {
                         let _ = fs::remove_file(&tmp);
                         return Err(e);
@@ -247,7 +247,8 @@ impl Spool {
                     f.write_all(part)?;
                 }
             }
-            if f.metadata()?.len() != total {
+            // A kept file may be longer than this message (a new one is exactly as long).
+            if reused && f.metadata()?.len() != total {
                 f.set_len(total)?;
             }
             f.sync_data()?;

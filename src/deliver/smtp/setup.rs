@@ -506,14 +506,7 @@ async fn handshake(
         }
     };
     let (_, session) = tls.get_ref();
-    let version = session
-        .protocol_version()
-        .map(|v| format!("{v:?}"))
-        .unwrap_or_default();
-    let cipher = session
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_default();
+    let (version, cipher) = super::tls::negotiated(session);
     info!(upstream = %peer, %version, %cipher, "TLS established");
     Ok(tls)
 }

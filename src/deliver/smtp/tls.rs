@@ -114,6 +114,20 @@ fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The negotiated protocol version and cipher suite of a client session, for logs and reports
+/// (`TLSv1_3`, `TLS13_AES_256_GCM_SHA384`); empty before the handshake.
+pub(crate) fn negotiated(session: &rustls::ClientConnection) -> (String, String) {
+    let version = session
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    let cipher = session
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    (version, cipher)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
